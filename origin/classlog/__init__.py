@@ -1,0 +1,23 @@
+"""The class log: one ordered, numbered event log per class.
+
+Edges append what their members did and read what every edge appended;
+the origin reads it to persist and reconcile. Two implementations share the
+:class:`~liveclass.origin.classlog.base.ClassLog` interface: in process (the
+embedded default) and Redis Streams (scale-out, single node or Cluster).
+"""
+
+from liveclass.origin.classlog.base import ClassLog, ClassLogError, HistoryTrimmed
+from liveclass.origin.classlog.memory import MemoryClassLog
+
+__all__ = ["ClassLog", "ClassLogError", "HistoryTrimmed", "MemoryClassLog", "open_log"]
+
+
+def open_log(url: str | None) -> ClassLog:
+    """Open the class log at ``url``: ``redis://...`` or None for in process."""
+    if not url or url == "memory://":
+        return MemoryClassLog()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from liveclass.origin.classlog.redis import RedisClassLog
+
+        return RedisClassLog.from_url(url)
+    raise ValueError(f"unsupported class log URL {url!r}: use redis://host:port/db")

@@ -1,0 +1,133 @@
+"""The contract between edges and the origin.
+
+Edges import these models; the origin produces and consumes them. They cover
+join-token claims, class-log entries, edge registry records and routing
+answers. Every record crossing the boundary is validated with these models.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from liveclass.sdk.protocol import Role
+
+TOKEN_ISSUER = "liveclass-origin"
+"""The ``iss`` claim of every join token."""
+
+TOKEN_ALGORITHM = "RS256"
+"""Join tokens are RSA-2048 signatures: the fastest of the asymmetric
+schemes to verify, which is what bounds how fast an edge admits members."""
+
+
+class TokenClaims(BaseModel):
+    """What a join token says about its holder."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    sub: str = Field(description="user id")
+    cls: str = Field(description="class id")
+    name: str
+    role: Role
+    exp: int
+    iat: int
+    jti: str
+
+
+class Audience(StrEnum):
+    """Who may see a class-log entry."""
+
+    ALL = "all"
+    STAFF = "staff"
+    USER = "user"
+    """Staff and the one member named by the entry's ``user`` field."""
+    EDGES = "edges"
+    """Internal: read by edges and the origin, never sent to members."""
+
+
+class LogEvent(BaseModel):
+    """One entry of a class log.
+
+    ``seq`` is assigned by the log on append (1, 2, 3...); ``id`` is chosen by
+    the writer and makes storing idempotent. ``type`` is an event type of the
+    wire protocol, or an internal one (see :data:`INTERNAL_TYPES`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = 0
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    type: str
+    ts: float = Field(default_factory=time.time)
+    edge_id: str = ""
+    actor: str | None = None
+    audience: Audience = Audience.ALL
+    user: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+INTERNAL_TYPES: dict[str, str] = {
+    "poll.votes": "data.poll_id, data.votes: [[user_id, option, ts]] "
+    "(one edge's votes of one tick)",
+    "quiz.answers": "data.quiz_id, data.answers: [[user_id, name, option, ts]]",
+    "presence.edge": "data.count: members on the sending edge, its heartbeat",
+}
+"""Class-log entry types that edges exchange and members never see."""
+
+
+class EdgeLocation(BaseModel):
+    """Where an edge is, for distance ranking."""
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    region: str = ""
+
+
+class EdgeRegistration(BaseModel):
+    """What an edge sends the origin when it starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    edge_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    public_url: str = Field(description="http(s) base URL members connect to")
+    location: EdgeLocation
+    capacity: int = Field(default=20000, ge=1)
+
+
+class EdgeHeartbeat(BaseModel):
+    """What an edge sends the origin every few seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = Field(ge=0)
+    classes: dict[str, int] = Field(
+        default_factory=dict, description="members per class on this edge"
+    )
+    cpu: float = Field(default=0.0, ge=0)
+    draining: bool = False
+
+
+class RouteCandidate(BaseModel):
+    """One edge the SDK may join, best first."""
+
+    edge_id: str
+    url: str = Field(description="http(s) base URL of the edge")
+    ws_url: str = Field(description="ws(s) URL of the member endpoint")
+    ping_url: str = Field(description="URL the SDK probes for round-trip time")
+    distance_km: float
+    load: float = Field(description="members / capacity")
+    serves_class: bool
+    score: float
+
+
+class RouteAnswer(BaseModel):
+    """The origin's answer to a route query."""
+
+    class_id: str
+    client_ip: str
+    client_location: EdgeLocation | None
+    candidates: list[RouteCandidate]
