@@ -20,6 +20,8 @@ class EdgeConfig:
     port: int = 8801
     public_url: str = ""
     origin_url: str = "http://127.0.0.1:8800"
+    # Shared secret the origin's edge registry expects as a bearer token.
+    edge_key: str = ""
     latitude: float = 0.0
     longitude: float = 0.0
     region: str = ""

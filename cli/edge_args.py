@@ -1,0 +1,94 @@
+"""``liveclass edge``: flags and start-up of an edge node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from liveclass.cli.flags import flag, repeated
+
+
+def add_parser(commands: Any) -> None:
+    """Add the ``edge`` subcommand."""
+    p: argparse.ArgumentParser = commands.add_parser(
+        "edge", help="run an edge node: member connections, fan-out, media"
+    )
+    env = "LIVECLASS_EDGE_"
+    flag(p, "--edge-id", env + "ID", "edge-1", "this edge's name in the registry")
+    flag(p, "--host", env + "HOST", "127.0.0.1", "address to listen on")
+    flag(p, "--port", env + "PORT", 8801, "port to listen on", int)
+    flag(p, "--public-url", env + "PUBLIC_URL", "", "URL members reach us at")
+    flag(p, "--origin-url", env + "ORIGIN_URL", "http://127.0.0.1:8800", "origin")
+    flag(p, "--edge-key", env + "KEY", "", "key to register with the origin")
+    flag(p, "--latitude", env + "LATITUDE", 0.0, "where this edge stands", float)
+    flag(p, "--longitude", env + "LONGITUDE", 0.0, "where this edge stands", float)
+    flag(p, "--region", env + "REGION", "", "a region label for reports")
+    flag(p, "--capacity", env + "CAPACITY", 20_000, "members this edge takes", int)
+    flag(p, "--class-limit", env + "CLASS_LIMIT", 50_000, "members per class", int)
+    flag(p, "--redis-url", env + "REDIS_URL", None, "class log in Redis")
+    flag(p, "--data-dir", env + "DATA_DIR", "liveclass-data/edge", "media folder")
+    flag(p, "--tls-cert", env + "TLS_CERT", None, "certificate for HTTPS/WSS")
+    flag(p, "--tls-key", env + "TLS_KEY", None, "private key for HTTPS/WSS")
+    flag(
+        p,
+        "--ice-interface",
+        env + "ICE_INTERFACES",
+        None,
+        "local address WebRTC may advertise (default: loopback only)",
+        repeat=True,
+    )
+    flag(p, "--ice-public-ip", env + "ICE_PUBLIC_IP", None, "address behind NAT")
+    flag(
+        p,
+        "--ice-server",
+        env + "ICE_SERVERS",
+        None,
+        "STUN or TURN URL (none unless given)",
+        repeat=True,
+    )
+    p.add_argument(
+        "--no-transcode", action="store_true", help="do not ingest media here"
+    )
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The edge's configuration from parsed flags."""
+    from liveclass.edge_node.config import EdgeConfig
+
+    return EdgeConfig(
+        edge_id=args.edge_id,
+        host=args.host,
+        port=args.port,
+        public_url=args.public_url,
+        origin_url=args.origin_url,
+        edge_key=args.edge_key,
+        latitude=args.latitude,
+        longitude=args.longitude,
+        region=args.region,
+        capacity=args.capacity,
+        class_limit=args.class_limit,
+        log_url=args.redis_url,
+        data_dir=Path(args.data_dir),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        ice_interfaces=repeated(args, "ice_interface"),
+        ice_public_ip=args.ice_public_ip,
+        ice_servers=repeated(args, "ice_server"),
+        transcode=not args.no_transcode,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the edge until SIGINT or SIGTERM."""
+    from liveclass.cli.main import serve_until_signalled
+    from liveclass.edge_node.app import run_edge
+
+    async def serve() -> None:
+        runner = await run_edge(config_from_args(args))
+        await serve_until_signalled(runner)
+
+    asyncio.run(serve())
+    return 0

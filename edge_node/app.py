@@ -1,0 +1,155 @@
+"""The edge node's HTTP server: member WebSockets, health, ping, metrics.
+
+:func:`build_app` assembles one edge; :func:`run_edge` serves it and returns
+an :class:`EdgeRunner` to stop it with.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from liveclass.edge_node.batcher import Batcher
+from liveclass.edge_node.config import EdgeConfig
+from liveclass.edge_node.context import EdgeContext
+from liveclass.edge_node.metrics import Metrics
+from liveclass.edge_node.node import EdgeNode
+from liveclass.edge_node.origin_link import OriginLink
+from liveclass.edge_node.ws import NODE_KEY, handle_ws
+from liveclass.origin.classlog import ClassLog, open_log
+from liveclass.origin.contract import EdgeHeartbeat
+from liveclass.origin.tokens import TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_KEY: web.AppKey[EdgeContext] = web.AppKey("edge_context", EdgeContext)
+"""Where the app keeps the :class:`EdgeContext` its parts share."""
+
+
+def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Application:
+    """Assemble an edge: member server, media service and origin link.
+
+    ``log`` is the class log to use; without one, it is opened from
+    ``config.log_url`` and closed with the app. Call this from a running
+    event loop: the edge's HTTP client session is created here.
+    """
+    owns_log = log is None
+    class_log = log if log is not None else open_log(config.log_url)
+    metrics = Metrics()
+    verifier = TokenVerifier()
+    batcher = Batcher(class_log, on_appended=metrics.appended)
+    node = EdgeNode(config, class_log, verifier, batcher, metrics)
+    http = aiohttp.ClientSession()
+    ctx = EdgeContext(
+        config=config, log=class_log, verifier=verifier, append=batcher.add, http=http
+    )
+    link = OriginLink(config, verifier, http, lambda: _heartbeat(node))
+    node.refresh_keys = link.refresh_keys_soon
+
+    app = web.Application()
+    app[NODE_KEY] = node
+    app[CONTEXT_KEY] = ctx
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/v1/ping", _ping)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/ws", handle_ws)
+
+    # Imported here: the media service pulls in WebRTC and codec libraries
+    # that the rest of this module does not need.
+    from liveclass.edge_node.media import setup_media
+
+    media = setup_media(app, ctx)
+    node.on_log_event = media.on_log_event
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        batcher.start()
+        link.start()
+        logger.info("edge started", extra={"edge_id": config.edge_id})
+        yield
+        await link.stop()
+        await node.close()
+        await batcher.stop()
+        await media.close()
+        await http.close()
+        if owns_log:
+            await class_log.close()
+        logger.info("edge stopped", extra={"edge_id": config.edge_id})
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Close members before the server cancels their handlers, so they
+        # get GOING_AWAY and their member.left entries are flushed.
+        await node.close()
+
+    app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _heartbeat(node: EdgeNode) -> EdgeHeartbeat:
+    return EdgeHeartbeat(
+        members=node.connections,
+        classes=node.members_per_class(),
+        draining=node.draining,
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.json_response(
+        {"ok": True, "edge_id": node.config.edge_id, "members": node.connections}
+    )
+
+
+async def _ping(request: web.Request) -> web.Response:
+    # Probed by browsers on other origins to measure round-trip time.
+    return web.Response(
+        text="pong",
+        headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"},
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = request.app[NODE_KEY].metrics.render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+@dataclass
+class EdgeRunner:
+    """A running edge; ``await runner.stop()`` shuts it down gracefully."""
+
+    app: web.Application
+    runner: web.AppRunner
+    url: str
+
+    @property
+    def node(self) -> EdgeNode:
+        """The member side of the running edge."""
+        return self.app[NODE_KEY]
+
+    async def stop(self) -> None:
+        """Close every member (GOING_AWAY), flush the batcher, stop serving."""
+        await self.runner.cleanup()
+
+
+async def run_edge(config: EdgeConfig, log: ClassLog | None = None) -> EdgeRunner:
+    """Serve an edge on ``config.host:config.port`` (TLS with cert and key).
+
+    Returns once listening; the caller stops it with :meth:`EdgeRunner.stop`.
+    """
+    app = build_app(config, log)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    context = None
+    if config.tls_cert and config.tls_key:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
+    await site.start()
+    scheme = "https" if context else "http"
+    url = f"{scheme}://{config.host}:{config.port}"
+    logger.info("edge listening on %s", url, extra={"edge_id": config.edge_id})
+    return EdgeRunner(app, runner, url)

@@ -1,0 +1,139 @@
+"""The per-edge batcher: every tick, one append per class to the class log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from liveclass.origin.classlog import ClassLog, ClassLogError
+from liveclass.origin.contract import LogEvent
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING = 50_000
+"""Entries held per class while the log is unreachable; beyond, new ones drop."""
+
+# Internal batch types whose entries of one tick merge into one entry, keyed
+# by the item they belong to, with the list field that is concatenated.
+_MERGED: dict[str, tuple[str, str]] = {
+    "poll.votes": ("poll_id", "votes"),
+    "quiz.answers": ("quiz_id", "answers"),
+}
+
+
+def merge_batches(events: Sequence[LogEvent]) -> list[LogEvent]:
+    """Merge a tick's vote and answer entries into one entry per poll or quiz.
+
+    The merged entry takes the place of the first one, so it still comes
+    before a close written later in the same tick.
+    """
+    out: list[LogEvent] = []
+    merged: dict[tuple[str, str], LogEvent] = {}
+    for event in events:
+        spec = _MERGED.get(event.type)
+        if spec is None:
+            out.append(event)
+            continue
+        key_field, list_field = spec
+        key = (event.type, str(event.data.get(key_field)))
+        into = merged.get(key)
+        if into is None:
+            into = event.model_copy(
+                update={
+                    "data": {**event.data, list_field: list(event.data[list_field])}
+                }
+            )
+            merged[key] = into
+            out.append(into)
+        else:
+            into.data[list_field].extend(event.data[list_field])
+    return out
+
+
+class Batcher:
+    """Collects entries per class and appends them to the log once a tick.
+
+    :meth:`add` never waits for the log: members' messages are accepted at
+    once and leave the edge together, ``tick_s`` later at most.
+    """
+
+    def __init__(
+        self,
+        log: ClassLog,
+        tick_s: float = 0.05,
+        on_appended: Callable[[int], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.tick_s = tick_s
+        self._pending: dict[str, list[LogEvent]] = {}
+        self._on_appended = on_appended
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def add(self, class_id: str, events: Sequence[LogEvent]) -> None:
+        """Queue ``events`` for the next flush (the ``EdgeContext.append``)."""
+        pending = self._pending.setdefault(class_id, [])
+        if len(pending) + len(events) > MAX_PENDING:
+            logger.warning(
+                "class log backlog full; dropping %d entries",
+                len(events),
+                extra={"class_id": class_id},
+            )
+            return
+        pending.extend(events)
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start flushing every tick."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="edge-batcher")
+
+    async def stop(self) -> None:
+        """Flush what is pending (once) and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.tick_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Append every class's pending entries now, one append per class."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        classes = list(pending)
+        results = await asyncio.gather(
+            *(self.log.append(c, merge_batches(pending[c])) for c in classes),
+            return_exceptions=True,
+        )
+        for class_id, result in zip(classes, results, strict=True):
+            if isinstance(result, ClassLogError):
+                # Keep them, in front of anything added meanwhile, and retry
+                # next tick: an accepted message is not lost to a blip.
+                logger.warning(
+                    "class log append failed, will retry: %s",
+                    result,
+                    extra={"class_id": class_id},
+                )
+                later = self._pending.get(class_id, [])
+                self._pending[class_id] = pending[class_id] + later
+                self._wake.set()
+            elif isinstance(result, BaseException):
+                logger.error(
+                    "class log append failed; entries dropped",
+                    exc_info=result,
+                    extra={"class_id": class_id},
+                )
+            elif self._on_appended is not None:
+                self._on_appended(len(result))

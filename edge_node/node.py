@@ -1,0 +1,287 @@
+"""The member side of one edge: admission, class rooms, client messages.
+
+Independent of the WebSocket library: the server hands it query
+parameters, text messages and :class:`~liveclass.edge_node.fanout.Sink`
+objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from liveclass.edge_node.batcher import Batcher
+from liveclass.edge_node.config import EdgeConfig
+from liveclass.edge_node.fanout import Sink, single
+from liveclass.edge_node.metrics import Metrics
+from liveclass.edge_node.room import ClassRoom, LogHook
+from liveclass.edge_node.rules import error_event
+from liveclass.edge_node.rules.validate import MESSAGE_TYPES
+from liveclass.origin.classlog import ClassLog
+from liveclass.origin.contract import Audience, LogEvent
+from liveclass.origin.tokens import TokenError, TokenExpired, TokenVerifier, UnknownKey
+from liveclass.sdk.protocol import (
+    CLIENT_MESSAGE,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    CloseCode,
+    ErrorCode,
+    Member,
+)
+from pydantic import ValidationError
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 10.0
+"""How long a joining member waits for its class room to read the log."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A member the edge accepted: who, in which class, resuming from where."""
+
+    member: Member
+    class_id: str
+    last_seq: int | None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the edge refused a connection: a close code and a reason."""
+
+    code: int
+    reason: str
+
+
+class EdgeNode:
+    """Class rooms and members of one edge.
+
+    ``refresh_keys`` is called when a token names a key the verifier does
+    not know yet (the origin rotated its keys).
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        log: ClassLog,
+        verifier: TokenVerifier,
+        batcher: Batcher,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.verifier = verifier
+        self.batcher = batcher
+        self.metrics = metrics
+        self.rooms: dict[str, ClassRoom] = {}
+        self.on_log_event: LogHook | None = None
+        self.refresh_keys: Any = None
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        metrics.members = lambda: self.connections
+        metrics.classes = lambda: len(self.rooms)
+
+    @property
+    def connections(self) -> int:
+        """Member connections open on this edge."""
+        return sum(room.connections for room in self.rooms.values())
+
+    def members_per_class(self) -> dict[str, int]:
+        """Connections per class, for the heartbeat."""
+        return {c: r.connections for c, r in self.rooms.items() if r.connections}
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the node keeps and cancels on :meth:`close`."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop every class room (closing its members) and pending tasks."""
+        self.draining = True
+        for room in list(self.rooms.values()):
+            await room.stop()
+        self.rooms.clear()
+        # Let closing handshakes that were just queued go out.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- admission -------------------------------------------------------
+
+    async def admit(self, query: Mapping[str, str]) -> Admission | Refusal:
+        """Check a connection's query parameters (``token``, ``v``,
+        ``last_seq``, optional ``class_id``) before it joins a class."""
+        if query.get("v") != str(PROTOCOL_VERSION):
+            return Refusal(
+                CloseCode.VERSION_UNSUPPORTED,
+                f"protocol version {query.get('v')!r} is not supported; "
+                f"this edge speaks version {PROTOCOL_VERSION}",
+            )
+        token = query.get("token")
+        if not token:
+            return Refusal(CloseCode.BAD_TOKEN, "no token: pass ?token=<join token>")
+        try:
+            claims = await self._verify(token)
+        except TokenExpired:
+            return Refusal(CloseCode.TOKEN_EXPIRED, "token expired; ask for a new one")
+        except TokenError as exc:
+            return Refusal(CloseCode.BAD_TOKEN, f"token refused: {exc}"[:120])
+        wanted = query.get("class_id")
+        if wanted and wanted != claims.cls:
+            return Refusal(
+                CloseCode.WRONG_CLASS,
+                "the token is for another class than class_id",
+            )
+        last_seq: int | None = None
+        if query.get("last_seq") not in (None, ""):
+            try:
+                last_seq = int(query["last_seq"])
+            except ValueError:
+                last_seq = -1
+            if last_seq < 0:
+                return Refusal(
+                    CloseCode.PROTOCOL_ERROR, "last_seq must be a whole number >= 0"
+                )
+        if self.draining:
+            return Refusal(CloseCode.DRAINING, "edge is draining; use another edge")
+        if self.connections >= self.config.capacity:
+            return Refusal(
+                CloseCode.EDGE_FULL, "edge is full; try the next candidate edge"
+            )
+        member = Member(user_id=claims.sub, name=claims.name, role=claims.role)
+        return Admission(member, claims.cls, last_seq)
+
+    async def _verify(self, token: str) -> Any:
+        try:
+            return self.verifier.verify(token)
+        except UnknownKey:
+            if self.refresh_keys is None or not await self.refresh_keys():
+                raise
+            return self.verifier.verify(token)
+
+    def room(self, class_id: str) -> ClassRoom:
+        """The class room of ``class_id``, opened (and its reader started) if new."""
+        room = self.rooms.get(class_id)
+        if room is None or room.stopped:
+            room = ClassRoom(
+                class_id,
+                self.log,
+                self.config.edge_id,
+                self.batcher.add,
+                on_log_event=self.on_log_event,
+                metrics=self.metrics,
+                on_idle=self._room_idle,
+            )
+            self.rooms[class_id] = room
+            room.start()
+        return room
+
+    def _room_idle(self, room: ClassRoom) -> None:
+        if self.rooms.get(room.class_id) is room:
+            del self.rooms[room.class_id]
+
+    async def join(self, admission: Admission, sink: Sink) -> ClassRoom | Refusal:
+        """Put an admitted member in its class room and send its first frames."""
+        room = self.room(admission.class_id)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                refusal = await room.join(
+                    sink, admission.last_seq, self.config.class_limit
+                )
+        except TimeoutError:
+            return Refusal(
+                CloseCode.TRY_AGAIN_LATER, "class log unreachable; try again later"
+            )
+        if refusal is not None:
+            return Refusal(*refusal)
+        await self.batcher.add(
+            admission.class_id, [self._presence_entry("member.joined", sink.member)]
+        )
+        return room
+
+    async def leave(self, room: ClassRoom, sink: Sink) -> None:
+        """Forget a member whose connection closed."""
+        if room.detach(sink):
+            await self.batcher.add(
+                room.class_id, [self._presence_entry("member.left", sink.member)]
+            )
+
+    def _presence_entry(self, type_: str, member: Member) -> LogEvent:
+        data: dict[str, Any] = {"user_id": member.user_id}
+        if type_ == "member.joined":
+            data |= {"name": member.name, "role": member.role.value}
+        return LogEvent(
+            type=type_,
+            edge_id=self.config.edge_id,
+            actor=member.user_id,
+            audience=Audience.STAFF,
+            data=data,
+        )
+
+    # --- client messages -------------------------------------------------
+
+    async def receive(self, room: ClassRoom, sink: Sink, raw: str) -> None:
+        """Handle one text message from ``sink``'s member.
+
+        Refused messages are answered with an error view; the caller has
+        already closed connections whose message was too big.
+        """
+        msg, error = parse(raw)
+        outcome_reply = []
+        if error is not None:
+            outcome_reply = [error]
+        else:
+            outcome = room.validator.check(room.state, sink.member, msg, time.time())
+            if outcome.entries:
+                await self.batcher.add(room.class_id, outcome.entries)
+            outcome_reply = outcome.reply
+        for event in outcome_reply:
+            if event.type == "error":
+                self.metrics.errors[event.data["code"]] += 1
+                logger.debug(
+                    "refused a message: %s",
+                    event.data["message"],
+                    extra={"class_id": room.class_id, "user_id": sink.member.user_id},
+                )
+        if outcome_reply:
+            sink.offer(single(outcome_reply))
+
+
+def too_big(raw: str) -> bool:
+    """Whether a client message exceeds :data:`MAX_FRAME_BYTES` in UTF-8."""
+    # A character takes at most 4 bytes: skip encoding when it cannot matter.
+    if len(raw) * 4 <= MAX_FRAME_BYTES:
+        return False
+    return len(raw.encode()) > MAX_FRAME_BYTES
+
+
+def parse(raw: str) -> tuple[Any, Any]:
+    """Parse one client message: ``(message, None)`` or ``(None, error view)``."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None, error_event(ErrorCode.MALFORMED, "not valid JSON")
+    if not isinstance(obj, dict):
+        return None, error_event(ErrorCode.MALFORMED, "a message is a JSON object")
+    ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
+    type_ = obj.get("type")
+    if type_ not in MESSAGE_TYPES:
+        return None, error_event(
+            ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_!r}"[:120], ref
+        )
+    try:
+        return CLIENT_MESSAGE.validate_python(obj), None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+        return None, error_event(
+            ErrorCode.INVALID, f"{type_}: {where}: {first['msg']}", ref
+        )

@@ -1,0 +1,148 @@
+"""The edge's calls to the origin: public keys, registration, heartbeats.
+
+None of them is needed to serve members already admitted, so a failure is
+logged and retried, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+from liveclass.edge_node.config import EdgeConfig
+from liveclass.origin.contract import EdgeHeartbeat, EdgeLocation, EdgeRegistration
+from liveclass.origin.tokens import TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+KEYS_REFRESH_S = 60.0
+"""How often the edge fetches the origin's public keys."""
+
+MIN_KEYS_REFRESH_S = 5.0
+"""The soonest a token with an unknown key may trigger another fetch."""
+
+_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+
+
+class OriginLink:
+    """Keeps the token verifier's keys fresh and the edge registered."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        verifier: TokenVerifier,
+        http: aiohttp.ClientSession,
+        heartbeat: Callable[[], EdgeHeartbeat],
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.http = http
+        self._heartbeat = heartbeat
+        self._origin = config.origin_url.rstrip("/")
+        self._last_keys_fetch = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._extra = {"edge_id": config.edge_id}
+
+    def start(self) -> None:
+        """Start the key refresher and the registration/heartbeat loop."""
+        self._tasks = [
+            asyncio.create_task(self._keys_loop(), name="edge-keys"),
+            asyncio.create_task(self._registry_loop(), name="edge-registry"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop both loops."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def _headers(self) -> dict[str, str]:
+        if not self.config.edge_key:
+            return {}
+        return {"Authorization": f"Bearer {self.config.edge_key}"}
+
+    async def fetch_keys(self) -> bool:
+        """Fetch ``/v1/keys`` into the verifier; whether it worked."""
+        self._last_keys_fetch = time.monotonic()
+        try:
+            async with self.http.get(
+                f"{self._origin}/v1/keys", timeout=_TIMEOUT
+            ) as resp:
+                resp.raise_for_status()
+                document = await resp.json()
+            self.verifier.update(document)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            logger.warning(
+                "could not fetch the origin's public keys: %s", exc, extra=self._extra
+            )
+            return False
+        return True
+
+    async def refresh_keys_soon(self) -> bool:
+        """Fetch the keys now unless that was done moments ago (a token named
+        an unknown key: the origin may have rotated)."""
+        if time.monotonic() - self._last_keys_fetch < MIN_KEYS_REFRESH_S:
+            return False
+        return await self.fetch_keys()
+
+    async def _keys_loop(self) -> None:
+        while True:
+            ok = await self.fetch_keys()
+            # Until the first fetch works no token can be checked: retry soon.
+            await asyncio.sleep(KEYS_REFRESH_S if ok else MIN_KEYS_REFRESH_S)
+
+    async def _registry_loop(self) -> None:
+        registered = False
+        reachable = True
+        while True:
+            try:
+                if not registered:
+                    await self._post("/v1/edges", self._registration().model_dump())
+                    registered = True
+                    logger.info("registered with the origin", extra=self._extra)
+                status = await self._post(
+                    f"/v1/edges/{self.config.edge_id}/heartbeat",
+                    self._heartbeat().model_dump(),
+                    allow_404=True,
+                )
+                if status == 404:
+                    # The origin forgot this edge (it restarted): register again.
+                    registered = False
+                    continue
+                if not reachable:
+                    logger.info("origin reachable again", extra=self._extra)
+                reachable = True
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if reachable:
+                    logger.warning(
+                        "origin unreachable, will retry: %s", exc, extra=self._extra
+                    )
+                reachable = False
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    def _registration(self) -> EdgeRegistration:
+        c = self.config
+        return EdgeRegistration(
+            edge_id=c.edge_id,
+            public_url=c.base_url,
+            location=EdgeLocation(
+                latitude=c.latitude, longitude=c.longitude, region=c.region
+            ),
+            capacity=c.capacity,
+        )
+
+    async def _post(self, path: str, body: object, allow_404: bool = False) -> int:
+        async with self.http.post(
+            f"{self._origin}{path}",
+            json=body,
+            headers=self._headers(),
+            timeout=_TIMEOUT,
+        ) as resp:
+            if resp.status == 404 and allow_404:
+                return 404
+            resp.raise_for_status()
+            return resp.status

@@ -1,0 +1,444 @@
+"""The class room: one per class per edge; folds the log and fans it out.
+
+One reader task per class follows the class log, folds each batch of
+entries into the :class:`~liveclass.edge_node.rules.ClassState` and writes
+one frame per batch to every local member, each variant encoded once. It
+knows members only as :class:`~liveclass.edge_node.fanout.Sink` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from liveclass.edge_node.context import Appender
+from liveclass.edge_node.fanout import Batch, Sink, frame_json, member_frames, single
+from liveclass.edge_node.metrics import Metrics
+from liveclass.edge_node.rules import ClassState, Validator
+from liveclass.edge_node.rules.quizzes import QuizResult
+from liveclass.edge_node.rules.state import Folded
+from liveclass.edge_node.rules.validate import closing_entry
+from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
+from liveclass.origin.contract import LogEvent
+from liveclass.sdk.protocol import CloseCode, Event, Member
+
+logger = logging.getLogger(__name__)
+
+LogHook = Callable[[str, LogEvent], Awaitable[None]]
+
+RESUME_WINDOW = 10_000
+"""Delivered entries kept in memory so resuming members skip the log."""
+
+PRESENCE_INTERVAL_S = 1.0
+"""Presence counts go out at most this often, and only when they change."""
+
+CLOSE_GRACE_S = 2.0
+"""How long after a poll's or question's end other edges wait before closing
+it themselves, in case the edge that opened it is gone."""
+
+READ_PAGE = 1000
+
+
+class ClassRoom:
+    """The state and local members of one class on this edge."""
+
+    def __init__(
+        self,
+        class_id: str,
+        log: ClassLog,
+        edge_id: str,
+        append: Appender,
+        on_log_event: LogHook | None = None,
+        metrics: Metrics | None = None,
+        linger_s: float = 30.0,
+        on_idle: Callable[[ClassRoom], None] | None = None,
+    ) -> None:
+        self.class_id = class_id
+        self.log = log
+        self.edge_id = edge_id
+        self.state = ClassState(class_id)
+        self.validator = Validator(edge_id)
+        self.ready = asyncio.Event()
+        self.sinks: dict[str, list[Sink]] = {}
+        self.connections = 0
+        self._append = append
+        self._on_log_event = on_log_event
+        self._metrics = metrics or Metrics()
+        self._linger_s = linger_s
+        self._on_idle = on_idle
+        self._joining = 0
+        self._idle_since = time.monotonic()
+        self._ring: deque[LogEvent] = deque()
+        self._ring_floor = 0
+        self._advanced = asyncio.Event()
+        self._count_sent = -1
+        self._count_at = 0.0
+        self._closing: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._extra = {"class_id": class_id, "edge_id": edge_id}
+
+    # --- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the reader task."""
+        self._task = asyncio.create_task(self._run(), name=f"room-{self.class_id}")
+
+    async def stop(self) -> None:
+        """Stop the reader task and close every local member as going away."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for task in list(self._tasks):
+            task.cancel()
+        for sinks in list(self.sinks.values()):
+            for sink in sinks:
+                sink.close(CloseCode.GOING_AWAY, "edge shutting down")
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the reader has ended (idle, or stopped)."""
+        return self._task is None or self._task.done()
+
+    async def _run(self) -> None:
+        await self._catch_up()
+        self.ready.set()
+        logger.info("class room open at seq %d", self.state.seq, extra=self._extra)
+        while not self._idle():
+            try:
+                entries = await self.log.wait(
+                    self.class_id, self.state.seq, self._timeout(), READ_PAGE
+                )
+            except HistoryTrimmed as exc:
+                await self._restart(exc)
+                continue
+            except ClassLogError as exc:
+                logger.warning("class log read failed: %s", exc, extra=self._extra)
+                await asyncio.sleep(1.0)
+                continue
+            if entries:
+                await self.apply(entries)
+            self.tick(time.time())
+        logger.info("class room closed: no members", extra=self._extra)
+        if self._on_idle is not None:
+            self._on_idle(self)
+
+    async def _catch_up(self) -> None:
+        """Fold the whole log before admitting anyone; nothing is sent."""
+        while True:
+            try:
+                entries = await self.log.read(self.class_id, self.state.seq, READ_PAGE)
+            except HistoryTrimmed as exc:
+                # The oldest entries are gone: the state misses what they
+                # did (an old mute, old quiz totals). Newer entries win.
+                logger.warning(
+                    "folding a trimmed log from %d", exc.first, extra=self._extra
+                )
+                self.state.seq = self._ring_floor = exc.first - 1
+                continue
+            except ClassLogError as exc:
+                logger.warning("class log read failed: %s", exc, extra=self._extra)
+                await asyncio.sleep(1.0)
+                continue
+            if not entries:
+                return
+            for entry in entries:
+                folded = self.state.fold(entry)
+                if folded.deliver is not None:
+                    self._remember(folded.deliver)
+            await self._notify(entries)
+
+    async def _restart(self, exc: HistoryTrimmed) -> None:
+        """This edge fell behind the log's retention: refold and reset members."""
+        logger.warning("room fell behind the log; resetting", extra=self._extra)
+        self.state = ClassState(self.class_id)
+        self._ring.clear()
+        self._ring_floor = 0
+        await self._catch_up()
+        for sinks in self.sinks.values():
+            for sink in sinks:
+                self._offer(sink, self._reset_frame(sink.member))
+
+    def _idle(self) -> bool:
+        if self.connections or self._joining:
+            self._idle_since = time.monotonic()
+            return False
+        return time.monotonic() - self._idle_since > self._linger_s
+
+    def _timeout(self) -> float:
+        timeout = 1.0
+        now = time.time()
+        for kind in ("poll", "quiz"):
+            deadline = self._deadline_of(kind)
+            if deadline is not None:
+                timeout = min(timeout, max(0.01, deadline - now))
+        if self._count_sent != self.state.presence.count:
+            wait = self._count_at + PRESENCE_INTERVAL_S - time.monotonic()
+            timeout = min(timeout, max(0.01, wait))
+        return timeout
+
+    # --- folding and fan-out ---------------------------------------------
+
+    async def apply(self, entries: Sequence[LogEvent]) -> None:
+        """Fold ``entries`` (the next ones of the log) and send them out."""
+        seq_from = self.state.seq
+        delivered: list[LogEvent] = []
+        results: list[Folded] = []
+        for entry in entries:
+            folded = self.state.fold(entry)
+            results.append(folded)
+            if folded.deliver is not None:
+                delivered.append(folded.deliver)
+                self._remember(folded.deliver)
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+        views_staff = []
+        if any(f.tally_changed for f in results):
+            tally = self.state.tally()
+            if tally is not None:
+                views_staff.append(Event(type="poll.tally", data=tally))
+        views_user: dict[str, list[Event]] = {}
+        for folded in results:
+            if folded.quiz_result is not None:
+                self._score_views(folded.quiz_result, views_user)
+        batch = Batch(
+            seq_from,
+            self.state.seq,
+            delivered,
+            views_all=self._presence_view(),
+            views_staff=views_staff,
+            views_user=views_user,
+        )
+        # Every frame is sent, even an empty one, so that the members' range
+        # stays contiguous when a batch held only internal entries.
+        self._send(batch)
+
+        for folded in results:
+            if folded.removed is not None:
+                for sink in list(self.sinks.get(folded.removed, ())):
+                    sink.close(CloseCode.REMOVED, "removed from the class by staff")
+            if folded.ended:
+                for sinks in list(self.sinks.values()):
+                    for sink in sinks:
+                        sink.close(CloseCode.CLASS_ENDED, "the class has ended")
+        # Media hears of entries after members, so members are not delayed.
+        await self._notify(entries)
+
+    def _score_views(self, result: QuizResult, views: dict[str, list[Event]]) -> None:
+        totals = self.state.quizzes.totals
+        for user_id, sinks in self.sinks.items():
+            if not sinks or sinks[0].member.role.is_staff:
+                continue
+            data = {
+                "quiz_id": result.quiz_id,
+                "correct": result.correct,
+                "points": result.points.get(user_id, 0),
+                "total": totals.get(user_id, 0),
+            }
+            views.setdefault(user_id, []).append(Event(type="quiz.score", data=data))
+
+    def _presence_view(self) -> list[Event]:
+        count = self.state.presence.count
+        now = time.monotonic()
+        if count == self._count_sent or now - self._count_at < PRESENCE_INTERVAL_S:
+            return []
+        self._count_sent, self._count_at = count, now
+        return [Event(type="presence.count", data={"count": count})]
+
+    def _send(self, batch: Batch) -> None:
+        for sinks in list(self.sinks.values()):
+            for sink in list(sinks):
+                self._offer(sink, batch.for_member(sink.member))
+
+    def _offer(self, sink: Sink, frame: str) -> None:
+        if sink.offer(frame):
+            self._metrics.frames_sent += 1
+            return
+        self._metrics.send_queue_drops += 1
+        logger.info(
+            "member too slow; closing",
+            extra=self._extra | {"user_id": sink.member.user_id},
+        )
+        self.detach(sink)
+        sink.close(CloseCode.TOO_SLOW, "too far behind; reconnect with last_seq")
+
+    def _remember(self, entry: LogEvent) -> None:
+        self._ring.append(entry)
+        if len(self._ring) > RESUME_WINDOW:
+            self._ring_floor = self._ring.popleft().seq
+
+    async def _notify(self, entries: Sequence[LogEvent]) -> None:
+        if self._on_log_event is None:
+            return
+        for entry in entries:
+            try:
+                await self._on_log_event(self.class_id, entry)
+            except Exception:
+                logger.exception("media failed on a log entry", extra=self._extra)
+
+    def tick(self, now: float) -> None:
+        """Time-driven work: close expired polls and questions, send counts."""
+        poll = self.state.polls.open
+        quiz = self.state.quizzes.open
+        for item_id, deadline, type_, key in (
+            (
+                poll and poll.poll_id,
+                self._deadline_of("poll"),
+                "poll.closed",
+                "poll_id",
+            ),
+            (
+                quiz and quiz.quiz_id,
+                self._deadline_of("quiz"),
+                "quiz.closed",
+                "quiz_id",
+            ),
+        ):
+            if item_id and deadline is not None and now >= deadline:
+                if item_id not in self._closing:
+                    self._closing.add(item_id)
+                    entry = closing_entry(type_, key, item_id)
+                    entry.edge_id, entry.ts = self.edge_id, now
+                    self._spawn_append([entry])
+        views = self._presence_view()
+        if views and self.connections:
+            frame = single(views, self.state.seq)
+            for sinks in list(self.sinks.values()):
+                for sink in list(sinks):
+                    self._offer(sink, frame)
+
+    def _deadline_of(self, kind: str) -> float | None:
+        if kind == "poll":
+            poll = self.state.polls.open
+            if poll is None or poll.closes_at is None:
+                return None
+            grace = 0.0 if poll.opened_by_edge == self.edge_id else CLOSE_GRACE_S
+            return poll.closes_at + grace
+        quiz = self.state.quizzes.open
+        if quiz is None:
+            return None
+        grace = 0.0 if quiz.opened_by_edge == self.edge_id else CLOSE_GRACE_S
+        return quiz.closes_at + grace
+
+    def _spawn_append(self, entries: list[LogEvent]) -> None:
+        # The batcher's add only queues, so this task ends at once; it is
+        # kept so that it is neither collected early nor left at shutdown.
+        task = asyncio.create_task(self._append(self.class_id, entries))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- members ---------------------------------------------------------
+
+    def refusal(self, member: Member, class_limit: int) -> tuple[int, str] | None:
+        """Why ``member`` may not join now, as ``(close code, reason)``, or None."""
+        state = self.state
+        if member.user_id in state.removed:
+            return CloseCode.REMOVED, "you were removed from this class"
+        if state.ended:
+            return CloseCode.CLASS_ENDED, "the class has ended"
+        if state.presence.count >= class_limit and member.user_id not in state.presence:
+            return CloseCode.CLASS_FULL, (
+                f"class is full ({class_limit} members); try again later"
+            )
+        return None
+
+    async def join(
+        self, sink: Sink, last_seq: int | None, class_limit: int
+    ) -> tuple[int, str] | None:
+        """Admit ``sink``: send its first frames, then every new batch.
+
+        Without ``last_seq`` the first frame is a welcome with a snapshot;
+        with it, the entries the member missed, or a ``state.reset`` when
+        they are no longer kept. Returns why the member may not join, as
+        ``(close code, reason)``, or None once it is in.
+        """
+        self._joining += 1
+        try:
+            await self.ready.wait()
+            refusal = self.refusal(sink.member, class_limit)
+            if refusal is not None:
+                return refusal
+            frames = await self._first_frames(sink.member, last_seq)
+            # A removal or the end may have been folded meanwhile.
+            refusal = self.refusal(sink.member, class_limit + 1)
+            if refusal is not None:
+                return refusal
+            # From here to the end nothing awaits: no batch can slip between
+            # the first frames and the live ones.
+            self.sinks.setdefault(sink.member.user_id, []).append(sink)
+            self.connections += 1
+            for frame in frames:
+                self._offer(sink, frame)
+            return None
+        finally:
+            self._joining -= 1
+
+    async def _first_frames(self, member: Member, last_seq: int | None) -> list[str]:
+        if last_seq is None:
+            return [self._welcome_frame(member)]
+        if last_seq > self.state.seq:
+            # The member saw more on another edge than this one has folded.
+            try:
+                async with asyncio.timeout(2.0):
+                    while last_seq > self.state.seq:
+                        await self._advanced.wait()
+            except TimeoutError:
+                return [self._reset_frame(member)]
+        if last_seq >= self._ring_floor:
+            return member_frames(self._ring, member, last_seq, self.state.seq)
+        try:
+            older = await self._read_older(last_seq)
+        except ClassLogError:
+            return [self._reset_frame(member)]
+        ring = [e for e in self._ring if older and e.seq > older[-1].seq]
+        return member_frames(older + ring, member, last_seq, self.state.seq)
+
+    async def _read_older(self, last_seq: int) -> list[LogEvent]:
+        """Entries after ``last_seq`` up to the resume window, from the log.
+
+        They come as stored: a poll or question closed in that range lacks
+        the counts and leaderboard the fold adds.
+        """
+        out: list[LogEvent] = []
+        after = last_seq
+        while after < self._ring_floor:
+            page = await self.log.read(self.class_id, after, READ_PAGE)
+            if not page:
+                break
+            out += page
+            after = page[-1].seq
+        return out
+
+    def _welcome_frame(self, member: Member) -> str:
+        data = {
+            "snapshot": self.state.snapshot(member),
+            "member": member.model_dump(mode="json"),
+            "edge_id": self.edge_id,
+        }
+        event = Event(type="welcome", data=data).model_dump_json()
+        return frame_json(self.state.seq, self.state.seq, [event])
+
+    def _reset_frame(self, member: Member) -> str:
+        data = {"snapshot": self.state.snapshot(member)}
+        event = Event(type="state.reset", data=data).model_dump_json()
+        return frame_json(self.state.seq, self.state.seq, [event])
+
+    def detach(self, sink: Sink) -> bool:
+        """Forget ``sink``; whether it was attached."""
+        sinks = self.sinks.get(sink.member.user_id)
+        if not sinks or sink not in sinks:
+            return False
+        sinks.remove(sink)
+        if not sinks:
+            del self.sinks[sink.member.user_id]
+            self.validator.forget(sink.member.user_id)
+        self.connections -= 1
+        return True

@@ -1,0 +1,111 @@
+"""Chat: the settings every edge folds from the log, and per-edge rate limits."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from liveclass.origin.contract import LogEvent
+
+RECENT_CHAT = 50
+"""Chat messages a late joiner receives in its snapshot."""
+
+
+class ChatState:
+    """Chat settings, mutes and recent messages, as folded from the log."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.slow_mode_s = 0.0
+        self.muted: set[str] = set()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CHAT)
+
+    def fold_message(self, entry: LogEvent) -> None:
+        """Remember a ``chat.message`` entry for late joiners."""
+        self.recent.append(
+            {
+                "type": entry.type,
+                "seq": entry.seq,
+                "ts": entry.ts,
+                "actor": entry.actor,
+                "data": entry.data,
+            }
+        )
+
+    def fold_deleted(self, seq: int) -> bool:
+        """Forget the message numbered ``seq``; whether it was among the recent."""
+        for item in self.recent:
+            if item["seq"] == seq:
+                self.recent.remove(item)
+                return True
+        return False
+
+    def fold_settings(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Apply a partial ``chat.settings`` change; return the full settings.
+
+        Writers send only what changed, so two staff members changing
+        different settings at once do not undo each other.
+        """
+        if isinstance(data.get("enabled"), bool):
+            self.enabled = data["enabled"]
+        if isinstance(data.get("slow_mode_s"), int | float):
+            self.slow_mode_s = max(0.0, float(data["slow_mode_s"]))
+        return {"enabled": self.enabled, "slow_mode_s": self.slow_mode_s}
+
+    def fold_muted(self, user_id: str, muted: bool) -> None:
+        """Mute or unmute ``user_id``."""
+        if muted:
+            self.muted.add(user_id)
+        else:
+            self.muted.discard(user_id)
+
+
+class RateLimiter:
+    """A token bucket per member: ``burst`` actions, refilled over ``per_s``.
+
+    Kept per edge, not folded from the log: a member's messages all pass
+    through the edge its connection is on.
+    """
+
+    def __init__(self, burst: int = 5, per_s: float = 10.0) -> None:
+        self.burst = burst
+        self.rate = burst / per_s
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, user_id: str, now: float) -> bool:
+        """Take one token for ``user_id`` if it has one."""
+        tokens, last = self._buckets.get(user_id, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[user_id] = (tokens, now)
+            return False
+        self._buckets[user_id] = (tokens - 1.0, now)
+        return True
+
+    def forget(self, user_id: str) -> None:
+        """Drop the bucket of a member who left this edge."""
+        self._buckets.pop(user_id, None)
+
+
+class SlowMode:
+    """When each member last chatted, to enforce slow mode on this edge."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def wait_s(self, user_id: str, interval_s: float, now: float) -> float:
+        """Seconds ``user_id`` must still wait; 0 when it may send now."""
+        if interval_s <= 0:
+            return 0.0
+        last = self._last.get(user_id)
+        if last is None:
+            return 0.0
+        return max(0.0, last + interval_s - now)
+
+    def sent(self, user_id: str, now: float) -> None:
+        """Record that ``user_id`` sent a message at ``now``."""
+        self._last[user_id] = now
+
+    def forget(self, user_id: str) -> None:
+        """Drop the record of a member who left this edge."""
+        self._last.pop(user_id, None)

@@ -1,0 +1,57 @@
+"""Presence: who is connected, over all edges, from member.joined/left."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Presence:
+    """Connections per edge and user; a user on two devices counts once."""
+
+    def __init__(self) -> None:
+        # edge_id -> user_id -> open connections of that user on that edge
+        self._edges: dict[str, dict[str, int]] = {}
+        # user_id -> connections on all edges
+        self._users: dict[str, int] = {}
+        self._info: dict[str, dict[str, str]] = {}
+
+    @property
+    def count(self) -> int:
+        """Distinct users connected now."""
+        return len(self._users)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._users
+
+    def role_of(self, user_id: str) -> str | None:
+        """The role a connected user joined with, or None."""
+        info = self._info.get(user_id)
+        return info["role"] if info and user_id in self._users else None
+
+    def joined(self, edge_id: str, user_id: str, name: str, role: str) -> None:
+        """Fold one ``member.joined``: one more connection."""
+        on_edge = self._edges.setdefault(edge_id, {})
+        on_edge[user_id] = on_edge.get(user_id, 0) + 1
+        self._users[user_id] = self._users.get(user_id, 0) + 1
+        self._info[user_id] = {"user_id": user_id, "name": name, "role": role}
+
+    def left(self, edge_id: str, user_id: str) -> None:
+        """Fold one ``member.left``: one connection fewer (never below none)."""
+        on_edge = self._edges.get(edge_id, {})
+        if on_edge.get(user_id, 0) <= 0:
+            return
+        on_edge[user_id] -= 1
+        if not on_edge[user_id]:
+            del on_edge[user_id]
+        self._users[user_id] -= 1
+        if not self._users[user_id]:
+            del self._users[user_id]
+            self._info.pop(user_id, None)
+
+    def on_edge(self, edge_id: str) -> int:
+        """Distinct users connected through ``edge_id``."""
+        return len(self._edges.get(edge_id, {}))
+
+    def members(self) -> list[dict[str, Any]]:
+        """``[{user_id, name, role}]`` of everyone here, sorted by user id."""
+        return [self._info[u] for u in sorted(self._users)]

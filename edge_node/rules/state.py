@@ -1,0 +1,235 @@
+"""The state of one class, folded deterministically from its log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from liveclass.edge_node.rules.chat import ChatState
+from liveclass.edge_node.rules.hands import HandQueue
+from liveclass.edge_node.rules.polls import Polls
+from liveclass.edge_node.rules.presence import Presence
+from liveclass.edge_node.rules.quizzes import QuizResult, Quizzes
+from liveclass.origin.contract import INTERNAL_TYPES, Audience, LogEvent
+from liveclass.sdk.protocol import Member
+
+
+@dataclass
+class Folded:
+    """What folding one entry produced.
+
+    ``deliver`` is the entry to send members, completed from the fold (a
+    closed poll's counts, full chat settings), or None when members must not
+    see it (internal batches, duplicates every edge ignores alike).
+    """
+
+    deliver: LogEvent | None
+    tally_changed: bool = False
+    presence_changed: bool = False
+    quiz_result: QuizResult | None = None
+    removed: str | None = None
+    ended: bool = False
+
+
+class ClassState:
+    """Everything an edge knows about one class, as of log entry ``seq``.
+
+    :meth:`fold` reads only the entry and the state, never a clock, so every
+    edge that folds the same log reaches the same state.
+    """
+
+    def __init__(self, class_id: str) -> None:
+        self.class_id = class_id
+        self.seq = 0
+        self.chat = ChatState()
+        self.hands = HandQueue()
+        self.polls = Polls()
+        self.quizzes = Quizzes()
+        self.presence = Presence()
+        self.removed: set[str] = set()
+        self.media: dict[str, Any] | None = None
+        self.recording: dict[str, Any] | None = None
+        self.ended = False
+
+    def fold(self, entry: LogEvent) -> Folded:
+        """Apply one log entry; entries must come in log order."""
+        self.seq = max(self.seq, entry.seq)
+        if entry.type in INTERNAL_TYPES or entry.audience is Audience.EDGES:
+            return self._fold_internal(entry)
+        handler = _HANDLERS.get(entry.type)
+        if handler is None:
+            # Types this edge does not know (written by a newer origin) are
+            # passed on as they are, to the audience the writer chose.
+            return Folded(entry)
+        return handler(self, entry, entry.data)
+
+    def _fold_internal(self, entry: LogEvent) -> Folded:
+        if entry.type == "poll.votes":
+            return Folded(None, tally_changed=self.polls.fold_votes(entry.data))
+        if entry.type == "quiz.answers":
+            self.quizzes.fold_answers(entry.data)
+        return Folded(None)
+
+    # --- one method per member-visible type ------------------------------
+
+    def _chat_message(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        self.chat.fold_message(entry)
+        return Folded(entry)
+
+    def _chat_deleted(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        seq = data.get("seq")
+        if isinstance(seq, int):
+            self.chat.fold_deleted(seq)
+        return Folded(entry)
+
+    def _chat_muted(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        self.chat.fold_muted(str(data.get("user_id")), bool(data.get("muted", True)))
+        return Folded(entry)
+
+    def _chat_settings(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        full = self.chat.fold_settings(data)
+        return Folded(entry.model_copy(update={"data": full}))
+
+    def _member_joined(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        user_id = str(data.get("user_id"))
+        if user_id in self.removed:
+            # The edge admitted it before folding the removal; its socket is
+            # being closed, so it never counts.
+            return Folded(None)
+        self.presence.joined(
+            entry.edge_id, user_id, str(data.get("name", "")), str(data.get("role"))
+        )
+        return Folded(entry, presence_changed=True)
+
+    def _member_left(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        before = self.presence.count
+        self.presence.left(entry.edge_id, str(data.get("user_id")))
+        return Folded(entry, presence_changed=before != self.presence.count)
+
+    def _member_removed(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        user_id = str(data.get("user_id"))
+        self.removed.add(user_id)
+        self.hands.lower(user_id)
+        return Folded(entry, removed=user_id)
+
+    def _hand_raised(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        ok = self.hands.raise_hand(str(data.get("user_id")), str(data.get("name")))
+        return Folded(entry if ok else None)
+
+    def _hand_lowered(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        ok = self.hands.lower(str(data.get("user_id")))
+        return Folded(entry if ok else None)
+
+    def _hand_called(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        # Two staff members may call "next" at once on two edges; both name
+        # the same member and only the first call counts.
+        ok = self.hands.lower(str(data.get("user_id")))
+        return Folded(entry if ok else None)
+
+    def _poll_opened(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        ok = self.polls.fold_opened(data, entry.edge_id)
+        return Folded(entry if ok else None)
+
+    def _poll_closed(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        result = self.polls.fold_closed(str(data.get("poll_id")))
+        if result is None:
+            return Folded(None)
+        return Folded(entry.model_copy(update={"data": result}))
+
+    def _quiz_asked(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        if not self.quizzes.fold_asked(data, entry.ts, entry.edge_id):
+            return Folded(None)
+        q = self.quizzes.open
+        assert q is not None
+        public = q.public() | {"correct": q.correct, "duration_s": q.duration_s}
+        return Folded(entry.model_copy(update={"data": public}))
+
+    def _quiz_closed(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        result = self.quizzes.fold_closed(str(data.get("quiz_id")))
+        if result is None:
+            return Folded(None)
+        filled = {
+            "quiz_id": result.quiz_id,
+            "correct": result.correct,
+            "leaderboard": result.leaderboard,
+        }
+        return Folded(entry.model_copy(update={"data": filled}), quiz_result=result)
+
+    def _media_live(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        self.media = dict(data)
+        return Folded(entry)
+
+    def _recording_ready(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        self.recording = dict(data)
+        return Folded(entry)
+
+    def _class_ended(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        if self.ended:
+            return Folded(None)
+        self.ended = True
+        return Folded(entry, ended=True)
+
+    # --- views -----------------------------------------------------------
+
+    def snapshot(self, member: Member) -> dict[str, Any]:
+        """The class as ``member`` may see it now, for a welcome or a reset."""
+        staff = member.role.is_staff
+        poll = self.polls.open
+        quiz = self.quizzes.open
+        # The field names are those the SDK's Snapshot model reads.
+        snap: dict[str, Any] = {
+            "seq": self.seq,
+            "chat": list(self.chat.recent),
+            "chat_enabled": self.chat.enabled,
+            "slow_mode_s": self.chat.slow_mode_s,
+            "muted": member.user_id in self.chat.muted,
+            "hands": self.hands.snapshot(),
+            "poll": None,
+            "quiz": None,
+            "score_total": self.quizzes.totals.get(member.user_id, 0),
+            "leaderboard": self.quizzes.leaderboard(),
+            "media": self.media,
+            "recording": self.recording,
+            "presence_count": self.presence.count,
+            "ended": self.ended,
+        }
+        if poll is not None:
+            snap["poll"] = poll.public() | {"my_vote": poll.votes.get(member.user_id)}
+            if staff:
+                snap["poll"]["counts"] = poll.counts()
+        if quiz is not None:
+            answer = quiz.answers.get(member.user_id)
+            snap["quiz"] = quiz.public() | {"my_answer": answer[0] if answer else None}
+            if staff:
+                snap["quiz"]["correct"] = quiz.correct
+        if staff:
+            snap["muted_users"] = sorted(self.chat.muted)
+        return snap
+
+    def tally(self) -> dict[str, Any] | None:
+        """The open poll's live counts (a staff view), or None."""
+        poll = self.polls.open
+        if poll is None:
+            return None
+        return {"poll_id": poll.poll_id, "counts": poll.counts()}
+
+
+_HANDLERS = {
+    "chat.message": ClassState._chat_message,
+    "chat.deleted": ClassState._chat_deleted,
+    "chat.muted": ClassState._chat_muted,
+    "chat.settings": ClassState._chat_settings,
+    "member.joined": ClassState._member_joined,
+    "member.left": ClassState._member_left,
+    "member.removed": ClassState._member_removed,
+    "hand.raised": ClassState._hand_raised,
+    "hand.lowered": ClassState._hand_lowered,
+    "hand.called": ClassState._hand_called,
+    "poll.opened": ClassState._poll_opened,
+    "poll.closed": ClassState._poll_closed,
+    "quiz.asked": ClassState._quiz_asked,
+    "quiz.closed": ClassState._quiz_closed,
+    "media.live": ClassState._media_live,
+    "recording.ready": ClassState._recording_ready,
+    "class.ended": ClassState._class_ended,
+}

@@ -1,0 +1,1 @@
+"""The origin's HTTP API, one module per resource."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the origin's database, run at startup."""

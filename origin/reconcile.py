@@ -1,0 +1,170 @@
+"""The reconciler: from each live class's log into the database.
+
+One task per live class reads the class log from the last persisted number,
+stores what the origin keeps (attendance, chat, polls, quizzes, the
+recording, the end of the class) and moves the offset in the same
+transaction. An entry counts as persisted only once that transaction has
+committed (write-behind): a crash between reading and committing costs a
+re-read, never a lost or doubled row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
+from liveclass.origin.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Persists one class's log; :meth:`run` until the class ends."""
+
+    def __init__(
+        self,
+        store: Store,
+        log: ClassLog,
+        class_id: str,
+        *,
+        batch: int = 1000,
+        wait_s: float = 1.0,
+        retry_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.class_id = class_id
+        self.batch = batch
+        self.wait_s = wait_s
+        self.retry_s = retry_s
+        self.offset: int | None = None
+        self.ended = False
+
+    async def step(self, wait_s: float = 0.0) -> int:
+        """Persist the next entries, waiting up to ``wait_s`` for some.
+
+        Returns how many entries were persisted. Raises
+        :class:`~liveclass.origin.classlog.ClassLogError` and database errors;
+        nothing is marked persisted then.
+        """
+        if self.offset is None:
+            self.offset = await self.store.offset(self.class_id)
+        try:
+            if wait_s > 0:
+                entries = await self.log.wait(
+                    self.class_id, self.offset, wait_s, self.batch
+                )
+            else:
+                entries = await self.log.read(self.class_id, self.offset, self.batch)
+        except HistoryTrimmed as exc:
+            # What was trimmed is gone for good; persist what is left rather
+            # than stall the class forever.
+            logger.warning(
+                "class %s: entries %d..%d were trimmed before they were stored",
+                self.class_id,
+                exc.after + 1,
+                exc.first - 1,
+                extra={"class_id": self.class_id},
+            )
+            self.offset = exc.first - 1
+            return await self.step(wait_s)
+        if not entries:
+            return 0
+        self.offset = await self.store.persist(self.class_id, entries)
+        if any(entry.type == "class.ended" for entry in entries):
+            self.ended = True
+        return len(entries)
+
+    async def drain(self) -> int:
+        """Persist everything the log holds now; return how many entries."""
+        total = 0
+        while count := await self.step():
+            total += count
+        return total
+
+    async def run(self) -> None:
+        """Persist entries as they come until the log says the class ended.
+
+        Errors of the log or the database are logged and retried: the
+        offset only moves after a commit, so a retry starts at the right
+        entry.
+        """
+        logger.info("reconciling class %s", self.class_id, extra=self._extra)
+        while not self.ended:
+            try:
+                await self.step(self.wait_s)
+            except asyncio.CancelledError:
+                raise
+            except (ClassLogError, OSError) as exc:
+                logger.warning(
+                    "class %s: class log unreachable (%s); retrying",
+                    self.class_id,
+                    exc,
+                    extra=self._extra,
+                )
+                await asyncio.sleep(self.retry_s)
+            except Exception:
+                logger.exception(
+                    "class %s: could not persist; retrying",
+                    self.class_id,
+                    extra=self._extra,
+                )
+                # Read the offset again: the failed transaction may have
+                # left it anywhere between what we thought and the truth.
+                self.offset = None
+                await asyncio.sleep(self.retry_s)
+        logger.info("class %s ended; reconciled", self.class_id, extra=self._extra)
+
+    @property
+    def _extra(self) -> dict[str, str]:
+        return {"class_id": self.class_id}
+
+
+class Reconcilers:
+    """The running reconciler tasks, one per live class.
+
+    Tasks are kept here until they finish, so none is lost to the garbage
+    collector, and :meth:`close` cancels and awaits whatever still runs.
+    """
+
+    def __init__(self, store: Store, log: ClassLog, *, wait_s: float = 1.0) -> None:
+        self.store = store
+        self.log = log
+        self.wait_s = wait_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, class_id: str) -> None:
+        """Start reconciling a class, unless it already is."""
+        task = self._tasks.get(class_id)
+        if task is not None and not task.done():
+            return
+        reconciler = Reconciler(self.store, self.log, class_id, wait_s=self.wait_s)
+        task = asyncio.create_task(reconciler.run(), name=f"reconcile {class_id}")
+        self._tasks[class_id] = task
+        task.add_done_callback(lambda done: self._forget(class_id, done))
+
+    def _forget(self, class_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(class_id) is task:
+            del self._tasks[class_id]
+
+    def running(self) -> list[str]:
+        """The ids of the classes being reconciled."""
+        return sorted(self._tasks)
+
+    async def finished(self, class_id: str, within_s: float) -> None:
+        """Wait until the class's reconciler finishes (the class ended).
+
+        Raises TimeoutError if it still runs after ``within_s`` seconds.
+        """
+        task = self._tasks.get(class_id)
+        if task is not None:
+            await asyncio.wait_for(asyncio.shield(task), within_s)
+
+    async def close(self) -> None:
+        """Cancel every reconciler and wait for them to stop."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()

@@ -1,0 +1,88 @@
+"""Shared fixtures: real Redis and PostgreSQL, free ports, tokens.
+
+Redis and PostgreSQL are used for real. Where one is not listening, tests
+that need it fail under ``CI=true`` (CI must have it) and are skipped with a
+reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+REDIS_URL = os.environ.get("LIVECLASS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "LIVECLASS_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _need(service: str, host: str, port: int) -> None:
+    if _listening(host, port):
+        return
+    message = f"{service} is not listening on {host}:{port}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; CI must provide it (.ci/run starts it)")
+    pytest.skip(f"{message}; start it to run this test")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the shared Redis; each test must use its own class ids."""
+    _need("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """SQLAlchemy URL of the shared PostgreSQL database ``test``."""
+    _need("PostgreSQL", "127.0.0.1", 5432)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def class_id() -> str:
+    """A class id no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A free loopback port."""
+    yield free_port()
+
+
+@pytest.fixture
+def keyring():  # type: ignore[no-untyped-def]
+    """A fresh origin key ring."""
+    from liveclass.origin.tokens import KeyRing
+
+    return KeyRing()
+
+
+@pytest.fixture
+async def memory_log() -> AsyncIterator[object]:
+    """An in-process class log."""
+    from liveclass.origin.classlog import MemoryClassLog
+
+    log = MemoryClassLog()
+    yield log
+    await log.close()
