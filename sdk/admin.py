@@ -16,7 +16,7 @@ the origin.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, TypeVar
@@ -56,8 +56,17 @@ class AdminAPIError(LiveclassError):
 
 
 class _Answer(BaseModel):
+    """An answer of the origin: typed attributes, also readable by JSON name
+    (``info.id`` or ``info["id"]``) for code that handles raw documents."""
+
     # Ignore fields a newer origin adds: the client keeps working.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    def __getitem__(self, key: str) -> Any:
+        for name, field in type(self).model_fields.items():
+            if key in (name, field.alias):
+                return getattr(self, name)
+        raise KeyError(key)
 
 
 class ClassStatus(StrEnum):
@@ -218,20 +227,31 @@ class AdminClient:
         class_id: str,
         user_id: str,
         name: str,
-        role: Role = Role.STUDENT,
+        role: Role | str = Role.STUDENT,
         *,
         ttl_s: float = 4 * 3600,
     ) -> IssuedToken:
-        """A join token for one member of a class."""
-        body = {"user_id": user_id, "name": name, "role": role.value, "ttl_s": ttl_s}
+        """A join token for one member of a class. Raises ValueError for an
+        unknown role."""
+        body = {
+            "user_id": user_id,
+            "name": name,
+            "role": Role(role).value,
+            "ttl_s": ttl_s,
+        }
         path = f"/v1/classes/{class_id}/tokens"
         return await self._model(IssuedToken, "POST", path, body)
 
     async def mint_tokens(
-        self, class_id: str, members: Sequence[TokenSpec]
+        self, class_id: str, members: Sequence[TokenSpec | Mapping[str, Any]]
     ) -> list[MemberToken]:
-        """Join tokens for many members (up to 20,000), in the given order."""
-        body = {"members": [m.model_dump(mode="json") for m in members]}
+        """Join tokens for many members (up to 20,000), in the given order.
+
+        Each member is a :class:`TokenSpec` or a mapping of its fields.
+        Raises ``pydantic.ValidationError`` for a malformed member.
+        """
+        specs = [TokenSpec.model_validate(m) for m in members]
+        body = {"members": [m.model_dump(mode="json") for m in specs]}
         answer = await self._call("POST", f"/v1/classes/{class_id}/tokens/bulk", body)
         return [MemberToken.model_validate(t) for t in answer["tokens"]]
 

@@ -490,7 +490,7 @@ async def test_ended_class_closes_and_refuses(
 
 async def test_edge_full_and_class_full(start_edge: Any, connect: Connect) -> None:
     edge = await start_edge(MemoryClassLog(), capacity=1)
-    await connect(edge, "ann")
+    first = await connect(edge, "ann")
     full = await connect(edge, "bob", welcome=False)
     assert (await full.closed())[0] == CloseCode.EDGE_FULL
 
@@ -501,18 +501,22 @@ async def test_edge_full_and_class_full(start_edge: Any, connect: Connect) -> No
     code, reason = await full.closed()
     assert code == CloseCode.CLASS_FULL and "full" in reason
     # The same user on a second device is not a new member.
-    await connect(small, "ann")
+    second = await connect(small, "ann")
+    assert first.ws.closed is False and second.ws.closed is False
 
 
 async def test_presence_count_and_list(start_edge: Any, connect: Connect) -> None:
     edge = await start_edge(MemoryClassLog())
     tea = await connect(edge, "tea", Role.TEACHER)
-    await connect(edge, "ann")
-    await connect(edge, "ann")  # a second device
+    # Kept referenced: a collected client socket closes.
+    devices = [await connect(edge, "ann"), await connect(edge, "ann")]
     await tea.event("presence.count", count=2)
     await tea.send(type="presence.list")
     listed = await tea.event("presence.list")
     assert [m["user_id"] for m in listed.data["members"]] == ["ann", "tea"]
+    await devices[0].ws.close()
+    await devices[1].ws.close()
+    await tea.event("presence.count", count=1)
 
 
 async def test_http_endpoints(

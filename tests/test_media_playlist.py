@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from liveclass.edge_node.media.access import AccessDenied, Grant, MediaAccess
 from liveclass.edge_node.media.cache import SingleFlightCache
 from liveclass.edge_node.media.playlist import (

@@ -7,6 +7,7 @@ and feeds the returned service every class-log entry.
 from __future__ import annotations
 
 from aiohttp import web
+
 from liveclass.edge_node.context import EdgeContext
 from liveclass.edge_node.media.service import MediaService
 

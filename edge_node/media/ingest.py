@@ -23,6 +23,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+
 from liveclass.edge_node.media.transcoder import Transcoder
 from liveclass.sdk.media.ice import advertise, public_candidates
 

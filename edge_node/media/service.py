@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
 from liveclass.edge_node.context import EdgeContext
 from liveclass.edge_node.media.access import AccessDenied, Grant, MediaAccess
 from liveclass.edge_node.media.cache import SingleFlightCache

@@ -28,6 +28,7 @@ from typing import Any
 
 import av
 from av.video.frame import PictureType
+
 from liveclass.edge_node.media.playlist import Rendition, Segment
 
 logger = logging.getLogger(__name__)

@@ -40,9 +40,7 @@ class ClassLog(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def append(
-        self, class_id: str, events: Sequence[LogEvent]
-    ) -> list[LogEvent]:
+    async def append(self, class_id: str, events: Sequence[LogEvent]) -> list[LogEvent]:
         """Append ``events`` atomically, in order; return them numbered.
 
         Raises :class:`ClassLogError` if the log cannot be reached; then none of

@@ -37,9 +37,7 @@ class MemoryClassLog(ClassLog):
             stream = self._streams[class_id] = _Stream(self._retention)
         return stream
 
-    async def append(
-        self, class_id: str, events: Sequence[LogEvent]
-    ) -> list[LogEvent]:
+    async def append(self, class_id: str, events: Sequence[LogEvent]) -> list[LogEvent]:
         stream = self._stream(class_id)
         numbered = []
         for event in events:

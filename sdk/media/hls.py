@@ -173,7 +173,7 @@ class PlayerStats:
     stalls: int = 0
     stall_s: float = 0.0
     startup_s: float | None = None
-    """Seconds from start to the first segment in the buffer."""
+    """Seconds from start until playback began."""
     buffer_s: float = 0.0
     throughput_bps: float | None = None
     """The moving average of segment download throughput."""
@@ -188,7 +188,10 @@ class HlsPlayer:
     ``token`` is added to the first request only; the edge signs the URIs
     of the playlists it returns. ``safety`` is the share of the measured
     throughput a rendition may use; ``alpha`` the weight of the newest
-    sample in the average. ``on_event`` hears every :class:`PlayerEvent`.
+    sample in the average. Playback starts once ``start_buffer_s`` of media
+    is buffered (or the stream has ended), as players do to ride out the
+    jitter of live segment arrivals. ``on_event`` hears every
+    :class:`PlayerEvent`.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class HlsPlayer:
         safety: float = 0.7,
         alpha: float = 0.3,
         live_edge_segments: int = 3,
+        start_buffer_s: float = 4.0,
         client: httpx.AsyncClient | None = None,
         on_event: Callable[[PlayerEvent], None] | None = None,
     ) -> None:
@@ -212,6 +216,7 @@ class HlsPlayer:
         self._safety = safety
         self._alpha = alpha
         self._live_edge = live_edge_segments
+        self._start_buffer_s = start_buffer_s
         self._client = client
         self._on_event = on_event
         self._stop = asyncio.Event()
@@ -263,6 +268,7 @@ class HlsPlayer:
             pending = [s for s in segments if s.sequence == next_sequence]
             if not pending:
                 if playlist.ended:
+                    self._start_playing()
                     self._emit("end")
                     self.state = PlayerState.ENDED
                     return
@@ -368,13 +374,19 @@ class HlsPlayer:
         self._advance()
         self._buffer.append(duration)
         if self.state is PlayerState.STARTING:
-            self.state = PlayerState.PLAYING
-            self.stats.startup_s = self._elapsed()
+            if sum(self._buffer) >= self._start_buffer_s:
+                self._start_playing()
         elif self.state is PlayerState.STALLED:
             self.stats.stall_s += time.monotonic() - self._stalled_at
             self.state = PlayerState.PLAYING
             self._emit("resume")
         self.stats.buffer_s = sum(self._buffer)
+
+    def _start_playing(self) -> None:
+        if self.state is PlayerState.STARTING and self._buffer:
+            self.state = PlayerState.PLAYING
+            self.stats.startup_s = self._elapsed()
+            self._clock = time.monotonic()
 
     def _advance(self) -> None:
         """Play the buffer from the last update to now."""
