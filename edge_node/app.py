@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+
 from liveclass.edge_node.batcher import Batcher
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.edge_node.context import EdgeContext
@@ -141,7 +142,8 @@ async def run_edge(config: EdgeConfig, log: ClassLog | None = None) -> EdgeRunne
     Returns once listening; the caller stops it with :meth:`EdgeRunner.stop`.
     """
     app = build_app(config, log)
-    runner = web.AppRunner(app, handle_signals=False)
+    # Members that do not answer a close handshake must not hold up a stop.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     context = None
     if config.tls_cert and config.tls_key:

@@ -15,6 +15,8 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from liveclass.edge_node.batcher import Batcher
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.edge_node.fanout import Sink, single
@@ -33,7 +35,6 @@ from liveclass.sdk.protocol import (
     ErrorCode,
     Member,
 )
-from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,9 @@ class EdgeNode:
         return room
 
     def _room_idle(self, room: ClassRoom) -> None:
-        if self.rooms.get(room.class_id) is room:
-            del self.rooms[room.class_id]
+        class_id = room.class_id
+        if self.rooms.get(class_id) is room:
+            del self.rooms[class_id]
 
     async def join(self, admission: Admission, sink: Sink) -> ClassRoom | Refusal:
         """Put an admitted member in its class room and send its first frames."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.origin.contract import EdgeHeartbeat, EdgeLocation, EdgeRegistration
 from liveclass.origin.tokens import TokenVerifier

@@ -109,6 +109,8 @@ class ClassRoom:
 
     async def _run(self) -> None:
         await self._catch_up()
+        # Members learn the count from their welcome; send changes from here.
+        self._count_sent = self.state.presence.count
         self.ready.set()
         logger.info("class room open at seq %d", self.state.seq, extra=self._extra)
         while not self._idle():

@@ -11,6 +11,7 @@ import logging
 from collections import deque
 
 from aiohttp import WSMsgType, web
+
 from liveclass.edge_node.node import Admission, EdgeNode, Refusal, too_big
 from liveclass.sdk.protocol import MAX_FRAME_BYTES, CloseCode, Member
 
@@ -101,7 +102,15 @@ async def handle_ws(request: web.Request) -> web.WebSocketResponse:
     node: EdgeNode = request.app[NODE_KEY]
     # aiohttp itself closes messages far over the limit (1009); the exact
     # limit is checked below so the reason names it.
-    ws = web.WebSocketResponse(max_msg_size=4 * MAX_FRAME_BYTES, heartbeat=30.0)
+    # No per-message deflate: its zlib state costs far more memory per
+    # connection than the frames it would save. A short close timeout keeps
+    # a peer that ignores the close handshake from holding a task.
+    ws = web.WebSocketResponse(
+        max_msg_size=4 * MAX_FRAME_BYTES,
+        heartbeat=30.0,
+        compress=False,
+        timeout=2.0,
+    )
     await ws.prepare(request)
 
     admission = await node.admit(request.query)

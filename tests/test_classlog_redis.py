@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+
 from liveclass.origin.classlog import ClassLogError, HistoryTrimmed
 from liveclass.origin.classlog.redis import RedisClassLog
 from liveclass.origin.contract import LogEvent

@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 import pytest
+
 from liveclass.edge_node.batcher import merge_batches
 from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.chat import RateLimiter

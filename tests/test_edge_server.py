@@ -336,9 +336,17 @@ async def test_two_edges_share_a_redis_log(
     from liveclass.origin.classlog.redis import RedisClassLog
 
     log = RedisClassLog.from_url(redis_url)
+    runners: list[EdgeRunner] = []
+
+    async def start(*args: Any, **kw: Any) -> EdgeRunner:
+        runners.append(await start_edge(*args, **kw))
+        return runners[-1]
+
     try:
-        await _two_edges_exchange(start_edge, connect, log)
+        await _two_edges_exchange(start, connect, log)
     finally:
+        for runner in runners:  # before the log they read closes
+            await runner.stop()
         await log._redis.delete(f"lc:{{{class_id}}}:seq", f"lc:{{{class_id}}}:log")
         await log.close()
 
@@ -365,7 +373,7 @@ async def pair(start_edge: Any, connect: Connect) -> tuple[Any, Client, Client]:
     ],
 )
 async def test_bad_messages_get_an_error_and_the_socket_stays(
-    pair: Any, connect: Connect, raw: str, code: str
+    pair: Any, connect: Connect, http: aiohttp.ClientSession, raw: str, code: str
 ) -> None:
     edge, tea, ann = pair
     bob = await connect(edge, "bob")
@@ -375,10 +383,9 @@ async def test_bad_messages_get_an_error_and_the_socket_stays(
     await _still_works(tea, bob, "others go on")
     await ann.send(type="chat.send", text="me too")
     await bob.event("chat.message", text="me too")
-    metrics = await (await aiohttp.ClientSession().__aenter__()).get(
-        f"{edge.url}/metrics"
-    )
-    assert f'liveclass_edge_errors_total{{code="{code}"}} 1' in await metrics.text()
+    async with http.get(f"{edge.url}/metrics") as resp:
+        text = await resp.text()
+    assert f'liveclass_edge_errors_total{{code="{code}"}} 1' in text
 
 
 async def test_error_echoes_ref(pair: Any) -> None:
@@ -556,3 +563,21 @@ async def test_unreachable_origin_is_not_fatal(
         await ann.event("chat.message")
     finally:
         await runner.stop()
+
+
+async def test_real_media_service_is_mounted(
+    monkeypatch: pytest.MonkeyPatch,
+    start_edge: Any,
+    connect: Connect,
+    http: aiohttp.ClientSession,
+) -> None:
+    # Undo the stub: the edge must start with the real media service too.
+    monkeypatch.delitem(sys.modules, "liveclass.edge_node.media")
+    media = pytest.importorskip("liveclass.edge_node.media")
+    assert hasattr(media, "setup_media")
+    edge = await start_edge(MemoryClassLog())
+    ann = await connect(edge, "ann")
+    await ann.send(type="chat.send", text="with media")
+    await ann.event("chat.message")
+    async with http.get(f"{edge.url}/healthz") as resp:
+        assert resp.status == 200

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -62,8 +62,8 @@ class Harness:
             edge_id=edge_id, port=port, data_dir=self.tmp_path / edge_id
         )
 
-        async def append(class_id: str, events: object) -> None:
-            await self.log.append(class_id, events)  # type: ignore[arg-type]
+        async def append(class_id: str, events: Sequence[LogEvent]) -> None:
+            await self.log.append(class_id, events)
 
         ctx = EdgeContext(
             config=config,
@@ -296,6 +296,20 @@ async def test_whip_answer_offers_loopback_candidates_only(
         await pc.close()
 
 
+async def test_whip_refuses_unusable_offers(harness: Harness, class_id: str) -> None:
+    edge = await harness.edge("edge-a")
+    token = harness.token(class_id, Role.TEACHER)
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{edge.url}/v1/classes/{class_id}/whip"
+    async with httpx.AsyncClient() as client:
+        response = await client.post(url, content="v=0", headers=headers)
+        assert response.status_code == 415
+        headers["Content-Type"] = "application/sdp"
+        response = await client.post(url, content="not sdp", headers=headers)
+        assert response.status_code == 400
+        assert "SDP" in response.json()["error"]
+
+
 def _candidate_addresses(sdp: str) -> set[str]:
     return {
         line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")
@@ -440,6 +454,8 @@ async def test_publish_play_and_record(
     assert fast_stats.segments_downloaded >= 2
     assert fast_stats.rendition == "720p"
     assert fast_stats.switches >= 1
+    assert fast_stats.stalls == 0
+    assert fast_stats.segments_played >= 1
     assert capped_stats.segments_downloaded >= 2
     assert set(capped_stats.per_rendition) == {"360p"}
     assert capped_stats.switches == 0
@@ -480,10 +496,20 @@ async def test_publish_play_and_record(
             width, height, probed, frames, audio = await asyncio.to_thread(
                 _probe, str(path)
             )
+            # FFmpeg's own HLS demuxer reads the VOD playlist over HTTP.
+            hls = await asyncio.to_thread(_probe, variant.uri)
+            assert hls[:2] == (width, height)
+            assert abs(hls[3] - frames) <= 2
             assert f"{width}x{height}" == variant.resolution
             assert abs(probed - duration) <= 0.1 * duration
             assert abs(frames / 25 - duration) <= 0.1 * duration
             assert audio > 0
+
+    # A player plays the recording from its start, to its end.
+    player = HlsPlayer(ingest.url + ready.data["playlist_url"], token=student)
+    stats = await player.run(30)
+    assert player.state == "ended"
+    assert stats.segments_downloaded == len(playlist.segments)
 
     # Each segment alone starts with a keyframe and decodes.
     for name in ("720p", "360p"):
@@ -491,3 +517,48 @@ async def test_publish_play_and_record(
         with av.open(str(first[1])) as container:
             frame = next(container.decode(video=0))
             assert frame.key_frame
+
+
+@pytest.mark.slow
+async def test_teacher_reconnects_within_one_recording(
+    harness: Harness, class_id: str
+) -> None:
+    from liveclass.sdk.media.publisher import publish_clip
+
+    clip = _clip()
+    ingest = await harness.edge("edge-a")
+    harness.follow(class_id)
+    teacher = harness.token(class_id, Role.TEACHER, "teacher")
+    whip = f"{ingest.url}/v1/classes/{class_id}/whip"
+    ingested = 0.0
+    for _ in range(2):
+        publisher = await publish_clip(whip, teacher, clip)
+        try:
+            await publisher.connected()
+            began = time.monotonic()
+            await asyncio.sleep(3)
+        finally:
+            await publisher.stop()
+        ingested += time.monotonic() - began
+
+    await harness.log.append(class_id, [LogEvent(type="class.ended")])
+    ready = await harness.wait_for(class_id, "recording.ready", within=15)
+    assert abs(ready.data["duration_s"] - ingested) <= 0.1 * ingested
+    vod = ingest.ctx.config.data_dir / class_id / "360p" / "vod.m3u8"
+    lines = vod.read_text().splitlines()
+    # The second session continues the numbering after a discontinuity.
+    assert lines.count("#EXT-X-DISCONTINUITY") == 1
+    uris = [line for line in lines if line.endswith(".ts")]
+    assert uris == [f"{n:06d}.ts" for n in range(len(uris))]
+    assert lines[lines.index("#EXT-X-DISCONTINUITY") + 2] == uris[2]
+    # A new offer after the class ended is refused.
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            whip,
+            content="v=0",
+            headers={
+                "Authorization": f"Bearer {teacher}",
+                "Content-Type": "application/sdp",
+            },
+        )
+        assert response.status_code == 409

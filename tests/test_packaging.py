@@ -24,9 +24,7 @@ def test_wheel_installs_every_part_under_liveclass_only(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
 
     tops = {name.split("/")[0] for name in names}
-    assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {
-        "liveclass"
-    }
+    assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {"liveclass"}
     subpackages = {n.split("/")[1] for n in names if n.startswith("liveclass/")}
     assert subpackages >= PARTS
     assert "liveclass/origin/migrations/env.py" in names

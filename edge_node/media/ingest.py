@@ -66,6 +66,8 @@ class IngestSession:
         await self.pc.setRemoteDescription(
             RTCSessionDescription(sdp=offer_sdp, type="offer")
         )
+        if "video" not in {t.kind for t in self.pc.getTransceivers()}:
+            raise ValueError("it offers no video")
         answer = await self.pc.createAnswer()
         with advertise(addresses):
             # aiortc gathers all candidates here, so the answer is complete
@@ -91,7 +93,7 @@ class IngestSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            push(frame, time.monotonic())  # type: ignore[arg-type]
+            push(frame, time.monotonic())
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -117,5 +119,10 @@ class IngestSession:
         # Flushing writes the last segment: off the event loop.
         duration = await asyncio.to_thread(self.transcoder.stop)
         self.closed.set()
-        logger.info("class %s: ingest ended after %.1f s", self.class_id, duration)
+        logger.info(
+            "class %s: ingest ended after %.1f s, encoding took %.1f CPU s",
+            self.class_id,
+            duration,
+            self.transcoder.cpu_s,
+        )
         return duration

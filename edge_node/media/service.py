@@ -27,7 +27,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "/v1/classes/{class_id}"
 SEGMENT_S = 2
 LIVE_WINDOW = 6
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=10)
+"""A segment not fetched from the ingest edge in this time is a 502."""
 _CLASS_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 _PLAYLIST_TYPE = "application/vnd.apple.mpegurl"  # RFC 8216 section 4
 _SEGMENT_TYPE = "video/mp2t"
@@ -101,7 +103,6 @@ class _RemoteClass:
     token: str | None = None
     token_exp: int = 0
     ended: bool = False
-    tokens: dict[str, str] = field(default_factory=dict)
 
 
 class MediaService:
@@ -342,6 +343,8 @@ class MediaService:
 
     async def _live_playlist(self, request: web.Request) -> web.StreamResponse:
         rendition = request.match_info["rendition"]
+        if not _CLASS_ID.match(rendition):
+            return _error(404, "no such rendition")
 
         def local(cls: _LocalClass) -> str | None:
             playlist = cls.playlists.get(rendition)
@@ -449,11 +452,13 @@ class MediaService:
 
         async def fetch() -> bytes:
             try:
-                async with self.ctx.http.get(url, params={"token": token}) as response:
+                async with self.ctx.http.get(
+                    url, params={"token": token}, timeout=UPSTREAM_TIMEOUT
+                ) as response:
                     if response.status != 200:
                         raise _UpstreamError(404 if response.status == 404 else 502)
                     body = await response.read()
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 logger.warning("class %s: upstream %s failed: %s", class_id, url, exc)
                 raise _UpstreamError(502) from None
             if path.endswith(".m3u8"):

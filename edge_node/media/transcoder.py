@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -72,7 +73,7 @@ class _Output:
 
     step: LadderStep
     directory: Path
-    encoder: Any
+    encoder: _Encoder
     packets: dict[int, list[tuple[bool, av.Packet]]] = field(default_factory=dict)
     frames: dict[int, int] = field(default_factory=dict)
 
@@ -104,9 +105,13 @@ class Transcoder:
         self._preset = preset
         self._gop = fps * segment_s
         self._queue: queue.Queue[tuple[str, Any, float] | None] = queue.Queue(64)
-        self._thread = threading.Thread(target=self._run, name="transcoder")
+        # A daemon: an edge that exits without stopping ingest must not hang
+        # on the queue; segments are renamed into place whole, never torn.
+        self._thread = threading.Thread(
+            target=self._run, name=f"transcoder-{directory.name}", daemon=True
+        )
         self._outputs: list[_Output] = []
-        self._audio: Any = None
+        self._audio: _Encoder | None = None
         self._resampler: av.AudioResampler | None = None
         self._t0: float | None = None
         self._ticks = 0
@@ -114,6 +119,8 @@ class Transcoder:
         self._audio_samples = 0
         self._closed_index = -1
         self.dropped = 0
+        self.cpu_s = 0.0
+        """CPU seconds the encoder thread used, known once it stopped."""
         self.error: BaseException | None = None
 
     @property
@@ -163,6 +170,7 @@ class Transcoder:
     # The encoder thread.
 
     def _run(self) -> None:
+        began = time.thread_time()
         try:
             while (item := self._queue.get()) is not None:
                 kind, frame, arrived = item
@@ -174,9 +182,10 @@ class Transcoder:
         except Exception as exc:  # keep the process; the session reports it
             logger.exception("transcoder failed in %s", self.directory)
             self.error = exc
+        self.cpu_s = time.thread_time() - began
 
     def _video(self, frame: av.VideoFrame, arrived: float) -> None:
-        media = float(frame.pts * frame.time_base) if frame.pts is not None else None
+        media = _seconds(frame.pts, frame.time_base)
         if self._t0 is None:
             self._t0 = arrived
         wall = arrived - self._t0
@@ -212,7 +221,7 @@ class Transcoder:
             # Force an IDR at each segment boundary (x264's own keyint agrees).
             image.pict_type = PictureType.I if n % self._gop == 0 else PictureType.NONE
             for packet in out.encoder.encode(image):
-                self._add(out, True, packet, packet.pts // self._gop)
+                self._add(out, True, packet, (packet.pts or 0) // self._gop)
             out.frames[index] = out.frames.get(index, 0) + 1
         self._ticks += 1
 
@@ -231,6 +240,7 @@ class Transcoder:
             self._encode_audio(resampled)
 
     def _encode_audio(self, frame: av.AudioFrame | None) -> None:
+        assert self._audio is not None
         for packet in self._audio.encode(frame):
             if packet.pts is None or packet.pts < 0:
                 continue  # the encoder's priming packet
@@ -258,7 +268,7 @@ class Transcoder:
             return
         for out in self._outputs:
             for packet in out.encoder.encode(None):
-                self._add(out, True, packet, packet.pts // self._gop)
+                self._add(out, True, packet, (packet.pts or 0) // self._gop)
         self._encode_audio(None)
         last = (self._ticks - 1) // self._gop
         for out in self._outputs:
@@ -279,8 +289,9 @@ class Transcoder:
         buffer = io.BytesIO()
         with av.open(buffer, "w", format="mpegts") as container:
             video = container.add_stream_from_template(out.encoder.stream)
+            assert self._audio is not None
             audio = container.add_stream_from_template(self._audio.stream)
-            packets.sort(key=lambda p: float(p[1].dts * p[1].time_base))
+            packets.sort(key=lambda p: _seconds(p[1].dts, p[1].time_base) or 0.0)
             for is_video, packet in packets:
                 packet.stream = video if is_video else audio
                 container.mux(packet)
@@ -298,7 +309,7 @@ class Transcoder:
 
     # Encoders.
 
-    def _video_encoder(self, step: LadderStep) -> Any:
+    def _video_encoder(self, step: LadderStep) -> _Encoder:
         holder = av.open(io.BytesIO(), "w", format="mpegts")
         gop = self._gop
         stream = holder.add_stream(
@@ -326,7 +337,7 @@ class Transcoder:
         stream.codec_context.open()
         return _Encoder(stream, holder)
 
-    def _audio_encoder(self) -> Any:
+    def _audio_encoder(self) -> _Encoder:
         holder = av.open(io.BytesIO(), "w", format="mpegts")
         stream = holder.add_stream("aac", rate=AUDIO_RATE)
         stream.layout = "stereo"
@@ -344,6 +355,12 @@ class _Encoder:
 
     def encode(self, frame: Any) -> list[av.Packet]:
         return self.stream.encode(frame)
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
 
 
 def _copy(packet: av.Packet, data: bytes) -> av.Packet:

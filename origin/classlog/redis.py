@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from liveclass.origin.classlog.base import (
     DEFAULT_RETENTION,
     ClassLog,
@@ -20,7 +22,6 @@ from liveclass.origin.classlog.base import (
     HistoryTrimmed,
 )
 from liveclass.origin.contract import LogEvent
-from redis.exceptions import RedisError
 
 _FIELD = "e"
 
@@ -42,7 +43,7 @@ def _keys(class_id: str) -> tuple[str, str]:
     return f"lc:{{{class_id}}}:seq", f"lc:{{{class_id}}}:log"
 
 
-def _seq_of(stream_id: bytes | str) -> int:
+def _seq_of(stream_id: Any) -> int:
     text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     return int(text.split("-", 1)[0])
 
@@ -78,18 +79,23 @@ class RedisClassLog(ClassLog):
     async def read(
         self, class_id: str, after: int, limit: int = 1000
     ) -> list[LogEvent]:
-        _, log_key = _keys(class_id)
+        seq_key, log_key = _keys(class_id)
         try:
-            rows = await self._redis.xrange(log_key, f"{after + 1}-0", "+", limit)
+            # One transaction, so that an append cannot land between the
+            # range and the head and pass for trimmed history.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(log_key, f"{after + 1}-0", "+", limit)
+                pipe.get(seq_key)
+                pipe.xrange(log_key, "-", "+", 1)
+                rows, head, oldest = await pipe.execute()
             if rows and _seq_of(rows[0][0]) == after + 1:
                 return self._decode(rows)
             if rows:
                 raise HistoryTrimmed(class_id, after, _seq_of(rows[0][0]))
-            head = await self.head(class_id)
+            head = int(head) if head is not None else 0
             if head <= after:
                 return []
             # Entries after ``after`` were given numbers but none is kept.
-            oldest = await self._redis.xrange(log_key, "-", "+", 1)
             first = _seq_of(oldest[0][0]) if oldest else head + 1
             raise HistoryTrimmed(class_id, after, first)
         except RedisError as exc:
@@ -99,7 +105,7 @@ class RedisClassLog(ClassLog):
         self,
         class_id: str,
         after: int,
-        timeout: float,  # noqa: ASYNC109 - the signature of ClassLog.wait
+        timeout: float,
         limit: int = 1000,
     ) -> list[LogEvent]:
         entries = await self.read(class_id, after, limit)

@@ -142,6 +142,41 @@ def _check_header(text: str) -> None:
         raise PlayerError("not an HLS playlist: it does not start with #EXTM3U")
 
 
+class ThroughputEstimator:
+    """Two moving averages of throughput samples; the estimate is the lower.
+
+    The fast average (weight ``alpha``) follows a drop within a few
+    segments; the slow one (weight ``alpha / 4``) keeps one lucky download
+    from lifting the estimate. Samples are clipped at ``ceiling``: on a fast
+    link one sample of gigabits would otherwise take many segments to forget.
+    """
+
+    def __init__(self, alpha: float = 0.5, ceiling: float | None = None) -> None:
+        self.alpha = alpha
+        self.ceiling = ceiling
+        self._fast: float | None = None
+        self._slow: float | None = None
+
+    @property
+    def estimate(self) -> float | None:
+        """Bits per second, or None before the first sample."""
+        if self._fast is None or self._slow is None:
+            return None
+        return min(self._fast, self._slow)
+
+    def add(self, bits_per_s: float) -> float:
+        """Take one sample; return the new estimate."""
+        if self.ceiling is not None:
+            bits_per_s = min(bits_per_s, self.ceiling)
+        self._fast = _mix(self._fast, bits_per_s, self.alpha)
+        self._slow = _mix(self._slow, bits_per_s, self.alpha / 4)
+        return min(self._fast, self._slow)
+
+
+def _mix(average: float | None, sample: float, weight: float) -> float:
+    return sample if average is None else weight * sample + (1 - weight) * average
+
+
 class PlayerState(StrEnum):
     """Where the modelled playback is."""
 
@@ -176,7 +211,7 @@ class PlayerStats:
     """Seconds from start until playback began."""
     buffer_s: float = 0.0
     throughput_bps: float | None = None
-    """The moving average of segment download throughput."""
+    """The estimated throughput (:class:`ThroughputEstimator`)."""
     per_rendition: dict[str, int] = field(default_factory=dict)
     """Segments downloaded per rendition."""
     events: list[PlayerEvent] = field(default_factory=list)
@@ -188,10 +223,13 @@ class HlsPlayer:
     ``token`` is added to the first request only; the edge signs the URIs
     of the playlists it returns. ``safety`` is the share of the measured
     throughput a rendition may use; ``alpha`` the weight of the newest
-    sample in the average. Playback starts once ``start_buffer_s`` of media
-    is buffered (or the stream has ended), as players do to ride out the
-    jitter of live segment arrivals. ``on_event`` hears every
-    :class:`PlayerEvent`.
+    sample in the fast moving average. ``bandwidth_bps`` caps the link and
+    may be changed while playing, to act out a link that degrades.
+
+    Playback starts once ``start_buffer_s`` of media is buffered (or the
+    stream has ended), as players do to ride out the jitter of live segment
+    arrivals; downloading pauses while more than ``max_buffer_s`` is
+    buffered (recordings). ``on_event`` hears every :class:`PlayerEvent`.
     """
 
     def __init__(
@@ -201,9 +239,10 @@ class HlsPlayer:
         token: str | None = None,
         bandwidth_bps: float | None = None,
         safety: float = 0.7,
-        alpha: float = 0.3,
+        alpha: float = 0.5,
         live_edge_segments: int = 3,
         start_buffer_s: float = 4.0,
+        max_buffer_s: float = 30.0,
         client: httpx.AsyncClient | None = None,
         on_event: Callable[[PlayerEvent], None] | None = None,
     ) -> None:
@@ -212,11 +251,12 @@ class HlsPlayer:
         self.state = PlayerState.STARTING
         self.variants: list[Variant] = []
         self._token = token
-        self._cap = bandwidth_bps
+        self.bandwidth_bps = bandwidth_bps
         self._safety = safety
-        self._alpha = alpha
+        self._throughput = ThroughputEstimator(alpha)
         self._live_edge = live_edge_segments
         self._start_buffer_s = start_buffer_s
+        self._max_buffer_s = max(max_buffer_s, start_buffer_s)
         self._client = client
         self._on_event = on_event
         self._stop = asyncio.Event()
@@ -277,6 +317,10 @@ class HlsPlayer:
                 await self._wait(max(playlist.target_duration / 2, 0.2))
                 continue
             segment = pending[0]
+            self._advance()
+            if self.stats.buffer_s > self._max_buffer_s:
+                await self._wait(self.stats.buffer_s - self._max_buffer_s)
+                continue
             await self._download(client, segment, variant)
             next_sequence = segment.sequence + 1
             variant = self._choose(variant)
@@ -292,6 +336,9 @@ class HlsPlayer:
         response = await client.get(self.master_url, params=params)
         response.raise_for_status()
         self.variants = parse_master(response.text, str(response.url))
+        # Beyond twice what the best rendition needs, more throughput
+        # changes no decision.
+        self._throughput.ceiling = 2 * self.variants[-1].bandwidth / self._safety
 
     async def _load_media(
         self, client: httpx.AsyncClient, variant: Variant
@@ -323,19 +370,13 @@ class HlsPlayer:
             response.raise_for_status()
             async for chunk in response.aiter_bytes(16 * 1024):
                 size += len(chunk)
-                if self._cap:
+                if self.bandwidth_bps:
                     # Read no faster than the capped link would deliver.
-                    due = began + size * 8 / self._cap - time.monotonic()
+                    due = began + size * 8 / self.bandwidth_bps - time.monotonic()
                     if due > 0:
                         await asyncio.sleep(due)
         seconds = max(time.monotonic() - began, 1e-6)
-        sample = size * 8 / seconds
-        average = self.stats.throughput_bps
-        self.stats.throughput_bps = (
-            sample
-            if average is None
-            else self._alpha * sample + (1 - self._alpha) * average
-        )
+        self.stats.throughput_bps = self._throughput.add(size * 8 / seconds)
         self.stats.segments_downloaded += 1
         self.stats.bytes_downloaded += size
         per = self.stats.per_rendition

@@ -85,19 +85,21 @@ class H264ClipTrack(MediaStreamTrack):
                 # aside; the filter writes start codes and repeats SPS/PPS
                 # before each keyframe, so a receiver can start at any loop.
                 annexb = BitStreamFilterContext("h264_mp4toannexb", stream)
-                step = int(1 / (stream.average_rate * stream.time_base))
+                time_base = stream.time_base or fractions.Fraction(1, 90_000)
+                rate = stream.average_rate or 25
+                step = int(1 / (rate * time_base))
                 end = 0
                 for packet in container.demux(stream):
                     for out in annexb.filter(packet if packet.size else None):
                         pts = (out.pts or 0) + offset
                         out.pts = out.dts = pts
-                        out.time_base = stream.time_base
+                        out.time_base = time_base
                         end = max(end, pts + step)
-                        yield out, float(pts * stream.time_base)
+                        yield out, float(pts * time_base)
             offset = end
             self.loops += 1
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet:
         """The next packet, when it is due."""
         packet, at = next(self._packets)
         await self._clock.wait_until(at)
@@ -126,7 +128,7 @@ class ClipAudioTrack(MediaStreamTrack):
                     yield from resampler.resample(frame)
             yield from resampler.resample(None)
 
-    async def recv(self) -> av.AudioFrame:  # type: ignore[override]
+    async def recv(self) -> av.AudioFrame:
         """The next 20 ms of audio, when it is due."""
         frame = next(self._frames)
         frame.pts = self._samples

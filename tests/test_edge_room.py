@@ -1,0 +1,200 @@
+"""The class room's fan-out, resume and timers, with fake connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from liveclass.edge_node.fanout import Batch, member_frames
+from liveclass.edge_node.room import ClassRoom
+from liveclass.origin.classlog import MemoryClassLog
+from liveclass.origin.contract import Audience, LogEvent
+from liveclass.sdk.protocol import CloseCode, Event, Frame, Member, Role
+
+TEA = Member(user_id="tea", name="Tea", role=Role.TEACHER)
+ANN = Member(user_id="ann", name="Ann", role=Role.STUDENT)
+BOB = Member(user_id="bob", name="Bob", role=Role.STUDENT)
+
+
+class FakeSink:
+    """A connection that stores frames; ``room`` frames fit before it is full."""
+
+    def __init__(self, member: Member, room: int = 1000) -> None:
+        self.member = member
+        self.frames: list[str] = []
+        self.room = room
+        self.closed: tuple[int, str] | None = None
+
+    def offer(self, data: str) -> bool:
+        if len(self.frames) >= self.room:
+            return False
+        self.frames.append(data)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for f in self.frames for e in json.loads(f)["events"]]
+
+
+def chat(text: str, **kw: Any) -> LogEvent:
+    return LogEvent(type="chat.message", actor="tea", data={"text": text}, **kw)
+
+
+@pytest.fixture
+async def log() -> MemoryClassLog:
+    return MemoryClassLog()
+
+
+@pytest.fixture
+async def room(log: MemoryClassLog) -> AsyncIterator[ClassRoom]:
+    async def append(class_id: str, entries: Sequence[LogEvent]) -> None:
+        await log.append(class_id, entries)
+
+    r = ClassRoom("c1", log, "edge-a", append)
+    r.start()
+    yield r
+    await r.stop()
+
+
+async def settle(room: ClassRoom, log: MemoryClassLog) -> None:
+    head = await log.head("c1")
+    for _ in range(200):
+        if room.state.seq >= head:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("room did not catch up")
+
+
+def test_batch_encodes_each_variant_once() -> None:
+    entries = [
+        chat("hi", seq=1),
+        LogEvent(
+            seq=2,
+            type="chat.muted",
+            audience=Audience.USER,
+            user="bob",
+            data={"user_id": "bob", "muted": True},
+        ),
+        LogEvent(seq=3, type="member.joined", audience=Audience.STAFF, data={}),
+        LogEvent(seq=4, type="poll.votes", audience=Audience.EDGES, data={}),
+    ]
+    batch = Batch(0, 4, entries, views_staff=[Event(type="poll.tally")])
+    ann, ann2 = (
+        batch.for_member(ANN),
+        batch.for_member(Member(user_id="cat", name="C", role=Role.STUDENT)),
+    )
+    assert ann is ann2  # one string shared by every plain student
+    assert [e.type for e in Frame.model_validate_json(ann).events] == ["chat.message"]
+    bob = Frame.model_validate_json(batch.for_member(BOB))
+    assert [e.type for e in bob.events] == ["chat.message", "chat.muted"]
+    staff = Frame.model_validate_json(batch.for_member(TEA))
+    assert [e.type for e in staff.events] == [
+        "chat.message",
+        "chat.muted",
+        "member.joined",
+        "poll.tally",
+    ]
+    assert (staff.seq_from, staff.seq_to) == (0, 4)
+
+
+def test_member_frames_split_long_ranges_contiguously() -> None:
+    entries = [chat(str(i), seq=i) for i in range(1, 12)]
+    frames = [
+        Frame.model_validate_json(f) for f in member_frames(entries, ANN, 0, 12, 5)
+    ]
+    assert [(f.seq_from, f.seq_to) for f in frames] == [(0, 5), (5, 10), (10, 12)]
+    assert sum(len(f.events) for f in frames) == 11
+
+
+async def test_slow_member_is_closed_and_others_go_on(
+    room: ClassRoom, log: MemoryClassLog
+) -> None:
+    slow, fast = FakeSink(ANN, room=2), FakeSink(BOB)
+    assert await room.join(slow, None, 100) is None
+    assert await room.join(fast, None, 100) is None
+    for i in range(5):
+        await log.append("c1", [chat(f"m{i}")])
+        await settle(room, log)
+    assert slow.closed is not None and slow.closed[0] == CloseCode.TOO_SLOW
+    assert [e["data"]["text"] for e in fast.events()[1:]] == [f"m{i}" for i in range(5)]
+    assert room.connections == 1
+
+
+async def test_resume_from_memory_and_from_the_log(
+    room: ClassRoom, log: MemoryClassLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.append("c1", [chat(f"m{i}") for i in range(10)])
+    await settle(room, log)
+    sink = FakeSink(ANN)
+    await room.join(sink, 7, 100)
+    frame = Frame.model_validate_json(sink.frames[0])
+    assert (frame.seq_from, frame.seq_to) == (7, 10)
+    assert [e.data["text"] for e in frame.events] == ["m7", "m8", "m9"]
+
+    # Pretend the in-memory window starts at 5: older entries come from the log.
+    monkeypatch.setattr(room, "_ring_floor", 5)
+    older = FakeSink(BOB)
+    await room.join(older, 2, 100)
+    texts = [e["data"]["text"] for e in older.events()]
+    assert texts == [f"m{i}" for i in range(2, 10)]
+
+
+async def test_resume_after_trimmed_history_resets() -> None:
+    small = MemoryClassLog(retention=5)
+
+    async def append(class_id: str, entries: Sequence[LogEvent]) -> None:
+        await small.append(class_id, entries)
+
+    r = ClassRoom("c1", small, "edge-a", append)
+    r.start()
+    try:
+        await small.append("c1", [chat(f"m{i}") for i in range(20)])
+        await r.ready.wait()
+        await settle(r, small)
+        r._ring_floor = 18  # as if the window were small too
+        sink = FakeSink(ANN)
+        await r.join(sink, 3, 100)
+        assert sink.events()[0]["type"] == "state.reset"
+    finally:
+        await r.stop()
+
+
+async def test_timed_poll_is_closed_by_the_opening_edge(
+    room: ClassRoom, log: MemoryClassLog
+) -> None:
+    tea = FakeSink(TEA)
+    await room.join(tea, None, 100)
+    data = {
+        "poll_id": "p1",
+        "question": "q",
+        "options": ["a", "b"],
+        "closes_at": time.time() + 0.2,
+    }
+    await log.append("c1", [LogEvent(type="poll.opened", edge_id="edge-a", data=data)])
+    for _ in range(100):
+        if any(e["type"] == "poll.closed" for e in tea.events()):
+            break
+        await asyncio.sleep(0.02)
+    closed = [e for e in tea.events() if e["type"] == "poll.closed"]
+    assert closed and closed[0]["data"]["counts"] == [0, 0]
+
+
+async def test_removed_member_is_closed(room: ClassRoom, log: MemoryClassLog) -> None:
+    ann, bob = FakeSink(ANN), FakeSink(BOB)
+    await room.join(ann, None, 100)
+    await room.join(bob, None, 100)
+    await log.append("c1", [LogEvent(type="member.removed", data={"user_id": "ann"})])
+    await settle(room, log)
+    assert ann.closed is not None and ann.closed[0] == CloseCode.REMOVED
+    assert bob.closed is None
+    assert await room.join(FakeSink(ANN), None, 100) == (
+        CloseCode.REMOVED,
+        "you were removed from this class",
+    )
