@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("LIVECLASS_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (env LIVECLASS_LOG_LEVEL)",
+        default=os.environ.get("LIVECLASS_LOG_LEVEL"),
+        help="DEBUG, INFO, WARNING or ERROR (env LIVECLASS_LOG_LEVEL; default "
+        "INFO for the servers, WARNING for the demo, whose progress lines say "
+        "what happens)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     origin_args.add_parser(commands)
@@ -48,7 +50,7 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # aiortc and aioice log every packet-level step at INFO.
-    for noisy in ("aiortc", "aioice", "aiohttp.access"):
+    for noisy in ("aiortc", "aioice", "aiohttp.access", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
 
 
@@ -67,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``liveclass`` command; return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(
+        args.log_level or ("WARNING" if args.command == "demo" else "INFO")
+    )
     try:
         result: int = args.run(args)
     except KeyboardInterrupt:

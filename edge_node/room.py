@@ -42,6 +42,17 @@ it themselves, in case the edge that opened it is gone."""
 READ_PAGE = 1000
 
 
+def _reraise_cancel() -> None:
+    """Raise CancelledError if this task is being cancelled.
+
+    Some log clients turn a cancelled blocking read into a connection
+    error; without this the reader would swallow its own cancellation.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ClassRoom:
     """The state and local members of one class on this edge."""
 
@@ -122,9 +133,11 @@ class ClassRoom:
                 await self._restart(exc)
                 continue
             except ClassLogError as exc:
+                _reraise_cancel()
                 logger.warning("class log read failed: %s", exc, extra=self._extra)
                 await asyncio.sleep(1.0)
                 continue
+            _reraise_cancel()
             if entries:
                 await self.apply(entries)
             self.tick(time.time())
@@ -146,6 +159,7 @@ class ClassRoom:
                 self.state.seq = self._ring_floor = exc.first - 1
                 continue
             except ClassLogError as exc:
+                _reraise_cancel()
                 logger.warning("class log read failed: %s", exc, extra=self._extra)
                 await asyncio.sleep(1.0)
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
 from liveclass.origin.store import Store
@@ -31,6 +32,7 @@ class Reconciler:
         batch: int = 1000,
         wait_s: float = 1.0,
         retry_s: float = 1.0,
+        after_end_s: float = 120.0,
     ) -> None:
         self.store = store
         self.log = log
@@ -38,8 +40,11 @@ class Reconciler:
         self.batch = batch
         self.wait_s = wait_s
         self.retry_s = retry_s
+        self.after_end_s = after_end_s
         self.offset: int | None = None
         self.ended = False
+        self.recorded = False
+        self._ended_at = 0.0
 
     async def step(self, wait_s: float = 0.0) -> int:
         """Persist the next entries, waiting up to ``wait_s`` for some.
@@ -72,9 +77,26 @@ class Reconciler:
         if not entries:
             return 0
         self.offset = await self.store.persist(self.class_id, entries)
-        if any(entry.type == "class.ended" for entry in entries):
+        types = {entry.type for entry in entries}
+        if "class.ended" in types and not self.ended:
             self.ended = True
+            self._ended_at = time.monotonic()
+        if "recording.ready" in types:
+            self.recorded = True
         return len(entries)
+
+    @property
+    def done(self) -> bool:
+        """Whether nothing more is expected: the class ended and its
+        recording arrived, or did not within ``after_end_s``.
+
+        The ingest edge publishes the recording after the end, so the
+        reconciler keeps reading for a while after ``class.ended``.
+        """
+        if not self.ended:
+            return False
+        waited = time.monotonic() - self._ended_at
+        return self.recorded or waited > self.after_end_s
 
     async def drain(self) -> int:
         """Persist everything the log holds now; return how many entries."""
@@ -84,14 +106,14 @@ class Reconciler:
         return total
 
     async def run(self) -> None:
-        """Persist entries as they come until the log says the class ended.
+        """Persist entries as they come until the class is :attr:`done`.
 
         Errors of the log or the database are logged and retried: the
         offset only moves after a commit, so a retry starts at the right
         entry.
         """
         logger.info("reconciling class %s", self.class_id, extra=self._extra)
-        while not self.ended:
+        while not self.done:
             try:
                 await self.step(self.wait_s)
             except asyncio.CancelledError:

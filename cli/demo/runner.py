@@ -14,10 +14,15 @@ from typing import Any
 
 from liveclass.cli.demo import report as checks
 from liveclass.cli.demo.plan import DemoOptions
+from liveclass.cli.demo.recording import fetch_recording
 from liveclass.cli.demo.servers import Servers, start_servers
 from liveclass.origin.contract import LogEvent
 
 log = logging.getLogger(__name__)
+
+AUDITOR = "recording-check"
+"""A staff member who never joins: its token lets the demo fetch the
+recording after the class, when no new token can be minted."""
 
 
 def say(text: str) -> None:
@@ -59,14 +64,18 @@ async def _run_class(servers: Servers, options: DemoOptions) -> dict[str, Any]:
         klass = await admin.create_class(title="Big Buck Bunny, live")
         class_id = klass["id"] if isinstance(klass, dict) else klass.id
         await admin.start_class(class_id)
-        roster = [{"user_id": "teacher", "name": "Teacher", "role": "teacher"}]
+        roster = [
+            {"user_id": "teacher", "name": "Teacher", "role": "teacher"},
+            {"user_id": AUDITOR, "name": "Recording check", "role": "ta"},
+        ]
         roster += [
             {"user_id": f"student-{i:05d}", "name": f"Student {i}", "role": "student"}
             for i in range(options.students)
         ]
         tokens = await admin.mint_tokens(class_id, roster)
     by_user = {t["user_id"]: t["token"] for t in tokens}
-    say(f"class {class_id} created, {len(by_user)} join tokens minted")
+    auditor = by_user.pop(AUDITOR)
+    say(f"class {class_id} created, {len(tokens)} join tokens minted")
 
     ctx = mp.get_context("spawn")
     results: mp.Queue[tuple[str, Any]] = ctx.Queue()
@@ -96,6 +105,12 @@ async def _run_class(servers: Servers, options: DemoOptions) -> dict[str, Any]:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+    entries = await _read_log(servers, class_id)
+    say("checking the recording: origin report, then FFmpeg")
+    async with AdminClient(servers.origin_url, servers.api_key) as admin:
+        outcome["recording"] = await fetch_recording(
+            admin, class_id, auditor, entries
+        )
     entries = await _read_log(servers, class_id)
     return _report(options, class_id, outcome, entries)
 
@@ -156,9 +171,9 @@ def _report(
     renditions = teacher.get("renditions", [])
     segments = sum(s.hls.get("segments_played", 0) for s in students)
     stalls = sum(s.hls.get("stalls", 0) for s in students)
-    recording = teacher.get("recording") or {}
+    recording = outcome["recording"]
     duration = float(recording.get("duration_s") or 0.0)
-    decode = teacher.get("recording_check", {})
+    decode = recording.get("decodes", {})
     report = {
         "class_id": class_id,
         "students": {
@@ -196,7 +211,7 @@ def _report(
             ),
         },
         "recording": {
-            "playlist": recording.get("playlist_url"),
+            "playlist": recording.get("playlist"),
             "duration_s": duration,
             "decodes": decode,
         },

@@ -40,8 +40,9 @@ async def attend(
         later(_chat(room, plan, result, joined_at, crowd.started))
         if plan.raises_hand:
             later(_after(rng.uniform(2, 8), room.raise_hand()))
-        if room.state.media:
-            later(_watch(crowd, room, plan, token, result, room.state.media))
+        if room.state.media is not None:
+            media = room.state.media.model_dump()
+            later(_watch(crowd, room, plan, token, result, media))
         try:
             async for event in room.events():
                 if isinstance(event, ev.ChatMessage) and event.seq is not None:

@@ -25,7 +25,6 @@ class TeacherSession:
         self.results = results
         self.outcome: dict[str, Any] = {"hands": {"raised": 0, "called": 0}}
         self.live = asyncio.Event()
-        self.recorded = asyncio.Event()
         self.quiz_closed = asyncio.Event()
         self.poll_closed = asyncio.Event()
 
@@ -56,17 +55,13 @@ class TeacherSession:
                 go.set()
                 await self._schedule(room, started)
                 await room.end_class()
-                self.say("class ended; waiting for the recording")
+                self.say("class ended")
                 await publisher.stop()
-                await asyncio.wait_for(self.recorded.wait(), 60)
             finally:
                 with contextlib.suppress(Exception):
                     await publisher.stop()
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
-        self.outcome["recording_check"] = await asyncio.to_thread(
-            check_recording, self._recording_url()
-        )
         return self.outcome
 
     async def _schedule(self, room: Any, started: float) -> None:
@@ -131,44 +126,3 @@ class TeacherSession:
                 self.outcome["hands"]["raised"] += 1
             elif isinstance(event, ev.HandCalled):
                 self.outcome["hands"]["called"] += 1
-            elif isinstance(event, ev.RecordingReady):
-                self.outcome["recording"] = {
-                    "playlist_url": event.playlist_url,
-                    "duration_s": event.duration_s,
-                    "edge_url": room.edge_url,
-                }
-                self.recorded.set()
-
-    def _recording_url(self) -> str:
-        rec = self.outcome["recording"]
-        url = rec["playlist_url"]
-        if url.startswith("/"):
-            url = rec["edge_url"] + url
-        sep = "&" if "?" in url else "?"
-        return f"{url}{sep}token={self.token}"
-
-
-def check_recording(url: str) -> dict[str, Any]:
-    """Open the recording in FFmpeg (through PyAV) and decode it.
-
-    Returns ``ok``, the video resolution, frames decoded and the duration
-    FFmpeg reads.
-    """
-    import av
-
-    try:
-        with av.open(url, timeout=10) as container:
-            video = container.streams.video[0]
-            frames = 0
-            for frame in container.decode(video):
-                frames += 1
-                width, height = frame.width, frame.height
-            duration = (container.duration or 0) / 1_000_000
-        return {
-            "ok": frames > 0,
-            "frames": frames,
-            "resolution": f"{width}x{height}",
-            "duration_s": round(duration, 2),
-        }
-    except Exception as exc:  # the report says why the recording failed
-        return {"ok": False, "error": repr(exc)}

@@ -48,6 +48,24 @@ class Presence:
             del self._users[user_id]
             self._info.pop(user_id, None)
 
+    def drop_edge(self, edge_id: str) -> bool:
+        """Forget every connection of ``edge_id`` (it restarted or went
+        silent); whether anyone was connected through it."""
+        on_edge = self._edges.pop(edge_id, None)
+        if not on_edge:
+            return False
+        for user_id, n in on_edge.items():
+            self._users[user_id] -= n
+            if self._users[user_id] <= 0:
+                del self._users[user_id]
+                self._info.pop(user_id, None)
+        return True
+
+    @property
+    def edges(self) -> list[str]:
+        """The edges some member is connected through."""
+        return [e for e, users in self._edges.items() if users]
+
     def on_edge(self, edge_id: str) -> int:
         """Distinct users connected through ``edge_id``."""
         return len(self._edges.get(edge_id, {}))

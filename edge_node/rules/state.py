@@ -13,6 +13,13 @@ from liveclass.edge_node.rules.quizzes import QuizResult, Quizzes
 from liveclass.origin.contract import INTERNAL_TYPES, Audience, LogEvent
 from liveclass.sdk.protocol import Member
 
+EDGE_TIMEOUT_S = 30.0
+"""An edge that wrote nothing to a class log for this long (by the times on
+later entries) is taken to be gone, and its members with it. Edges with
+members write a ``presence.edge`` entry every few seconds to stay counted."""
+
+_SWEEP_EVERY_S = 5.0
+
 
 @dataclass
 class Folded:
@@ -50,24 +57,50 @@ class ClassState:
         self.media: dict[str, Any] | None = None
         self.recording: dict[str, Any] | None = None
         self.ended = False
+        self._edge_seen: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     def fold(self, entry: LogEvent) -> Folded:
         """Apply one log entry; entries must come in log order."""
         self.seq = max(self.seq, entry.seq)
+        if entry.edge_id:
+            seen = self._edge_seen.get(entry.edge_id, 0.0)
+            self._edge_seen[entry.edge_id] = max(seen, entry.ts)
         if entry.type in INTERNAL_TYPES or entry.audience is Audience.EDGES:
-            return self._fold_internal(entry)
-        handler = _HANDLERS.get(entry.type)
-        if handler is None:
+            folded = self._fold_internal(entry)
+        else:
+            handler = _HANDLERS.get(entry.type)
             # Types this edge does not know (written by a newer origin) are
             # passed on as they are, to the audience the writer chose.
-            return Folded(entry)
-        return handler(self, entry, entry.data)
+            folded = handler(self, entry, entry.data) if handler else Folded(entry)
+        if entry.ts >= self._next_sweep:
+            self._next_sweep = entry.ts + _SWEEP_EVERY_S
+            if self._sweep(entry.ts):
+                folded.presence_changed = True
+        return folded
+
+    def _sweep(self, now: float) -> bool:
+        """Drop the members of edges silent since ``now - EDGE_TIMEOUT_S``.
+
+        ``now`` is the time on the entry being folded, not a clock, so every
+        edge drops the same members at the same entry.
+        """
+        dropped = False
+        for edge_id in self.presence.edges:
+            if self._edge_seen.get(edge_id, 0.0) < now - EDGE_TIMEOUT_S:
+                dropped |= self.presence.drop_edge(edge_id)
+        return dropped
 
     def _fold_internal(self, entry: LogEvent) -> Folded:
         if entry.type == "poll.votes":
             return Folded(None, tally_changed=self.polls.fold_votes(entry.data))
         if entry.type == "quiz.answers":
             self.quizzes.fold_answers(entry.data)
+        elif entry.type == "presence.edge" and entry.data.get("reset"):
+            # The edge (re)opened this class: members it counted before a
+            # restart are gone, and no member.left will come for them.
+            changed = self.presence.drop_edge(entry.edge_id)
+            return Folded(None, presence_changed=changed)
         return Folded(None)
 
     # --- one method per member-visible type ------------------------------
