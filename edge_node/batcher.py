@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 50_000
 """Entries held per class while the log is unreachable; beyond, new ones drop."""
 
+STOP_TIMEOUT_S = 5.0
+"""How long stopping waits for a last append."""
+
 # Internal batch types whose entries of one tick merge into one entry, keyed
 # by the item they belong to, with the list field that is concatenated.
 _MERGED: dict[str, tuple[str, str]] = {
@@ -70,6 +73,7 @@ class Batcher:
         self._on_appended = on_appended
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     async def add(self, class_id: str, events: Sequence[LogEvent]) -> None:
         """Queue ``events`` for the next flush (the ``EdgeContext.append``)."""
@@ -90,21 +94,27 @@ class Batcher:
             self._task = asyncio.create_task(self._run(), name="edge-batcher")
 
     async def stop(self) -> None:
-        """Flush what is pending (once) and stop."""
+        """Flush what is pending and stop.
+
+        The flushing task is not cancelled but let finish, so that entries
+        taken for an append in flight are neither lost nor appended twice.
+        """
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(self._task, STOP_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning("class log flush did not finish; entries lost")
             self._task = None
         await self.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.tick_s)
+            if not self._stopping:
+                await asyncio.sleep(self.tick_s)
             await self.flush()
 
     async def flush(self) -> None:

@@ -22,7 +22,7 @@ from liveclass.edge_node.rules.quizzes import QuizResult
 from liveclass.edge_node.rules.state import Folded
 from liveclass.edge_node.rules.validate import closing_entry
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
-from liveclass.origin.contract import LogEvent
+from liveclass.origin.contract import Audience, LogEvent
 from liveclass.sdk.protocol import CloseCode, Event, Member
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ PRESENCE_INTERVAL_S = 1.0
 CLOSE_GRACE_S = 2.0
 """How long after a poll's or question's end other edges wait before closing
 it themselves, in case the edge that opened it is gone."""
+
+PRESENCE_HEARTBEAT_S = 10.0
+"""How often an edge with members in a class says so in the class log; see
+:data:`~liveclass.edge_node.rules.state.EDGE_TIMEOUT_S`."""
 
 READ_PAGE = 1000
 
@@ -89,7 +93,7 @@ class ClassRoom:
         self._count_at = 0.0
         self._closing: set[str] = set()
         self._task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_at = 0.0
         self._extra = {"class_id": class_id, "edge_id": edge_id}
 
     # --- lifecycle -------------------------------------------------------
@@ -107,8 +111,6 @@ class ClassRoom:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for task in list(self._tasks):
-            task.cancel()
         for sinks in list(self.sinks.values()):
             for sink in sinks:
                 sink.close(CloseCode.GOING_AWAY, "edge shutting down")
@@ -120,6 +122,9 @@ class ClassRoom:
 
     async def _run(self) -> None:
         await self._catch_up()
+        # Whatever this edge counted in the class before (a previous run that
+        # crashed) is void; queued before any member.joined of this room.
+        await self._append(self.class_id, [self._edge_entry(reset=True)])
         # Members learn the count from their welcome; send changes from here.
         self._count_sent = self.state.presence.count
         self.ready.set()
@@ -140,7 +145,7 @@ class ClassRoom:
             _reraise_cancel()
             if entries:
                 await self.apply(entries)
-            self.tick(time.time())
+            await self.tick(time.time())
         logger.info("class room closed: no members", extra=self._extra)
         if self._on_idle is not None:
             self._on_idle(self)
@@ -300,7 +305,7 @@ class ClassRoom:
             except Exception:
                 logger.exception("media failed on a log entry", extra=self._extra)
 
-    def tick(self, now: float) -> None:
+    async def tick(self, now: float) -> None:
         """Time-driven work: close expired polls and questions, send counts."""
         poll = self.state.polls.open
         quiz = self.state.quizzes.open
@@ -323,13 +328,27 @@ class ClassRoom:
                     self._closing.add(item_id)
                     entry = closing_entry(type_, key, item_id)
                     entry.edge_id, entry.ts = self.edge_id, now
-                    self._spawn_append([entry])
+                    await self._append(self.class_id, [entry])
+        if self.connections and time.monotonic() >= self._heartbeat_at:
+            self._heartbeat_at = time.monotonic() + PRESENCE_HEARTBEAT_S
+            await self._append(self.class_id, [self._edge_entry()])
         views = self._presence_view()
         if views and self.connections:
             frame = single(views, self.state.seq)
             for sinks in list(self.sinks.values()):
                 for sink in list(sinks):
                     self._offer(sink, frame)
+
+    def _edge_entry(self, reset: bool = False) -> LogEvent:
+        data: dict[str, object] = {"count": self.connections}
+        if reset:
+            data["reset"] = True
+        return LogEvent(
+            type="presence.edge",
+            edge_id=self.edge_id,
+            audience=Audience.EDGES,
+            data=data,
+        )
 
     def _deadline_of(self, kind: str) -> float | None:
         if kind == "poll":
@@ -343,13 +362,6 @@ class ClassRoom:
             return None
         grace = 0.0 if quiz.opened_by_edge == self.edge_id else CLOSE_GRACE_S
         return quiz.closes_at + grace
-
-    def _spawn_append(self, entries: list[LogEvent]) -> None:
-        # The batcher's add only queues, so this task ends at once; it is
-        # kept so that it is neither collected early nor left at shutdown.
-        task = asyncio.create_task(self._append(self.class_id, entries))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- members ---------------------------------------------------------
 

@@ -91,13 +91,23 @@ def _refusal(response: httpx.Response) -> JoinRefused:
     return JoinRefused(response.status_code, reason)
 
 
+RTT_TOLERANCE_S = 0.005
+"""Round-trip times closer than this (or than 20% of the faster) count as
+equal: the origin's ranking (distance, load, class affinity) then decides,
+so measurement noise never sends a member to a farther, busier edge."""
+
+
 async def order_by_latency(
     candidates: list[Candidate],
     probe_timeout: float,
     local_address: str | None = None,
 ) -> list[Candidate]:
     """The candidates fastest first; those that did not answer keep the
-    origin's order, after the others (their WebSocket may still work)."""
+    origin's order, after the others (their WebSocket may still work).
+
+    Candidates whose round-trip times are about equal (see
+    :data:`RTT_TOLERANCE_S`) keep the origin's order among themselves.
+    """
     if len(candidates) <= 1:
         return list(candidates)
     results = await probe(
@@ -105,14 +115,28 @@ async def order_by_latency(
         timeout=probe_timeout,
         local_address=local_address,
     )
-    by_url: dict[str, list[Candidate]] = {}
-    for candidate in candidates:
-        by_url.setdefault(candidate.ping_url, []).append(candidate)
-    ordered = [by_url[url].pop(0) for url, _ in results]
+    rtt = dict(results)
     logger.debug(
-        "probed %s",
-        ", ".join(
-            f"{c.edge_id}={rtt}" for c, (_, rtt) in zip(ordered, results, strict=True)
-        ),
+        "probed %s", ", ".join(f"{c.edge_id}={rtt[c.ping_url]}" for c in candidates)
     )
-    return ordered
+    return rank_by_rtt(candidates, [rtt[c.ping_url] for c in candidates])
+
+
+def rank_by_rtt(
+    candidates: list[Candidate], rtts: list[float | None]
+) -> list[Candidate]:
+    """Order candidates (given in the origin's order) by measured ``rtts``.
+
+    The first is the origin's best among those within the tolerance of the
+    fastest; the others follow by round-trip time, unanswered ones last.
+    """
+    answered = [(r, i) for i, r in enumerate(rtts) if r is not None]
+    if not answered:
+        return list(candidates)
+    fastest = min(r for r, _ in answered)
+    slack = max(RTT_TOLERANCE_S, fastest * 0.2)
+    first = min(i for r, i in answered if r <= fastest + slack)
+    rest = sorted((r, i) for r, i in answered if i != first)
+    order = [first, *(i for _, i in rest)]
+    order += [i for i, r in enumerate(rtts) if r is None]
+    return [candidates[i] for i in order]
