@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,7 @@ class EdgeNode:
         self.metrics = metrics
         self.rooms: dict[str, ClassRoom] = {}
         self.on_log_event: LogHook | None = None
-        self.refresh_keys: Any = None
+        self.refresh_keys: Callable[[], Awaitable[bool]] | None = None
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         metrics.members = lambda: self.connections

@@ -101,6 +101,13 @@ class ClassRoom:
     def start(self) -> None:
         """Start the reader task."""
         self._task = asyncio.create_task(self._run(), name=f"room-{self.class_id}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "class room failed", exc_info=task.exception(), extra=self._extra
+            )
 
     async def stop(self) -> None:
         """Stop the reader task and close every local member as going away."""
@@ -171,7 +178,7 @@ class ClassRoom:
             if not entries:
                 return
             for entry in entries:
-                folded = self.state.fold(entry)
+                folded = self._fold(entry)
                 if folded.deliver is not None:
                     self._remember(folded.deliver)
             await self._notify(entries)
@@ -186,6 +193,18 @@ class ClassRoom:
         for sinks in self.sinks.values():
             for sink in sinks:
                 self._offer(sink, self._reset_frame(sink.member))
+
+    def _fold(self, entry: LogEvent) -> Folded:
+        try:
+            return self.state.fold(entry)
+        except Exception:
+            # A malformed entry from some writer must not stop the class;
+            # every edge skips it alike.
+            logger.exception(
+                "skipping a log entry that could not be folded",
+                extra=self._extra | {"seq": entry.seq},
+            )
+            return Folded(None)
 
     def _idle(self) -> bool:
         if self.connections or self._joining:
@@ -213,7 +232,7 @@ class ClassRoom:
         delivered: list[LogEvent] = []
         results: list[Folded] = []
         for entry in entries:
-            folded = self.state.fold(entry)
+            folded = self._fold(entry)
             results.append(folded)
             if folded.deliver is not None:
                 delivered.append(folded.deliver)
@@ -365,14 +384,24 @@ class ClassRoom:
 
     # --- members ---------------------------------------------------------
 
-    def refusal(self, member: Member, class_limit: int) -> tuple[int, str] | None:
-        """Why ``member`` may not join now, as ``(close code, reason)``, or None."""
+    def refusal(
+        self, member: Member, class_limit: int | None = None
+    ) -> tuple[int, str] | None:
+        """Why ``member`` may not join now, as ``(close code, reason)``, or None.
+
+        The class limit is checked against the folded presence, which lags
+        the other edges' admissions by a tick: it can be overshot slightly.
+        """
         state = self.state
         if member.user_id in state.removed:
             return CloseCode.REMOVED, "you were removed from this class"
         if state.ended:
             return CloseCode.CLASS_ENDED, "the class has ended"
-        if state.presence.count >= class_limit and member.user_id not in state.presence:
+        if (
+            class_limit is not None
+            and state.presence.count >= class_limit
+            and member.user_id not in state.presence
+        ):
             return CloseCode.CLASS_FULL, (
                 f"class is full ({class_limit} members); try again later"
             )
@@ -396,7 +425,7 @@ class ClassRoom:
                 return refusal
             frames = await self._first_frames(sink.member, last_seq)
             # A removal or the end may have been folded meanwhile.
-            refusal = self.refusal(sink.member, class_limit + 1)
+            refusal = self.refusal(sink.member)
             if refusal is not None:
                 return refusal
             # From here to the end nothing awaits: no batch can slip between

@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import websockets
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
@@ -36,6 +35,7 @@ from liveclass.sdk.errors import (
     join_refused,
 )
 from liveclass.sdk.events import ClassEndedEvent, ClassEvent, Welcome, parse_event
+from liveclass.sdk.http import http_client
 from liveclass.sdk.route import Candidate, Route, fetch_route, order_by_latency
 from liveclass.sdk.state import ClassState
 
@@ -128,10 +128,7 @@ class Classroom:
         self._last_seq: int | None = None
         self._ws: ClientConnection | None = None
         self._candidate: Candidate | None = None
-        self._http = httpx.AsyncClient(
-            timeout=10.0,
-            transport=httpx.AsyncHTTPTransport(local_address=local_address),
-        )
+        self._http = http_client(local_address)
         self._queue: asyncio.Queue[ClassEvent | object] = asyncio.Queue()
         self._ready = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -223,9 +220,7 @@ class Classroom:
         candidates = route.candidates[: max(1, self.max_candidates)]
         if not candidates:
             raise NoEdgeAvailable([])
-        return await order_by_latency(
-            candidates, self.probe_timeout, self.local_address
-        )
+        return await order_by_latency(candidates, self.probe_timeout, self._http)
 
     async def _join_best(self, candidates: list[Candidate]) -> None:
         """Join the first candidate that accepts, in order."""

@@ -100,7 +100,7 @@ so measurement noise never sends a member to a farther, busier edge."""
 async def order_by_latency(
     candidates: list[Candidate],
     probe_timeout: float,
-    local_address: str | None = None,
+    client: httpx.AsyncClient | None = None,
 ) -> list[Candidate]:
     """The candidates fastest first; those that did not answer keep the
     origin's order, after the others (their WebSocket may still work).
@@ -113,7 +113,7 @@ async def order_by_latency(
     results = await probe(
         [c.ping_url for c in candidates],
         timeout=probe_timeout,
-        local_address=local_address,
+        client=client,
     )
     rtt = dict(results)
     logger.debug(

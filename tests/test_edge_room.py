@@ -132,16 +132,19 @@ async def test_resume_from_memory_and_from_the_log(
 ) -> None:
     await log.append("c1", [chat(f"m{i}") for i in range(10)])
     await settle(room, log)
+    chats = [e for e in await log.read("c1", 0) if e.type == "chat.message"]
+    head = room.state.seq
     sink = FakeSink(ANN)
-    await room.join(sink, 7, 100)
+    await room.join(sink, chats[7].seq - 1, 100)
     frame = Frame.model_validate_json(sink.frames[0])
-    assert (frame.seq_from, frame.seq_to) == (7, 10)
+    assert (frame.seq_from, frame.seq_to) == (chats[7].seq - 1, head)
     assert [e.data["text"] for e in frame.events] == ["m7", "m8", "m9"]
 
-    # Pretend the in-memory window starts at 5: older entries come from the log.
-    monkeypatch.setattr(room, "_ring_floor", 5)
+    # Pretend the in-memory window starts further on: older entries come
+    # from the log.
+    monkeypatch.setattr(room, "_ring_floor", chats[5].seq)
     older = FakeSink(BOB)
-    await room.join(older, 2, 100)
+    await room.join(older, chats[2].seq - 1, 100)
     texts = [e["data"]["text"] for e in older.events()]
     assert texts == [f"m{i}" for i in range(2, 10)]
 

@@ -301,3 +301,30 @@ def test_rate_limiter_refills() -> None:
 def test_error_codes_are_protocol_codes(cls: Class) -> None:
     codes = cls.send(ANN, type="poll.open", question="Q", options=["a", "b"])
     assert codes == [ErrorCode.FORBIDDEN.value]
+
+
+def _entry(type_: str, edge: str, ts: float, **data: Any) -> LogEvent:
+    audience = Audience.EDGES if type_ == "presence.edge" else Audience.STAFF
+    return LogEvent(type=type_, edge_id=edge, ts=ts, audience=audience, data=data)
+
+
+def test_an_edge_that_restarts_forgets_its_old_members() -> None:
+    state = ClassState("c1")
+    state.fold(_entry("member.joined", "a", 10, user_id="ann", name="A", role="x"))
+    state.fold(_entry("member.joined", "b", 11, user_id="bob", name="B", role="x"))
+    folded = state.fold(_entry("presence.edge", "a", 12, count=0, reset=True))
+    assert folded.deliver is None and folded.presence_changed
+    assert [m["user_id"] for m in state.presence.members()] == ["bob"]
+
+
+def test_a_silent_edge_loses_its_members() -> None:
+    state = ClassState("c1")
+    state.fold(_entry("member.joined", "a", 100, user_id="ann", name="A", role="x"))
+    state.fold(_entry("member.joined", "b", 100, user_id="bob", name="B", role="x"))
+    # Edge b keeps writing heartbeats; edge a falls silent.
+    for ts in range(110, 140, 10):
+        state.fold(_entry("presence.edge", "b", ts, count=1))
+    assert state.presence.count == 2
+    folded = state.fold(_entry("presence.edge", "b", 140, count=1))
+    assert folded.presence_changed
+    assert [m["user_id"] for m in state.presence.members()] == ["bob"]

@@ -304,6 +304,7 @@ async def _two_edges_exchange(start_edge: Any, connect: Connect, log: Any) -> No
     await tea.send(type="poll.open", question="Q?", options=["x", "y"])
     poll_id = (await ann.event("poll.opened")).data["poll_id"]
     await ann.send(type="poll.vote", poll_id=poll_id, option=0)
+    await bob.event("poll.opened")  # a member votes in a poll it has seen
     await bob.send(type="poll.vote", poll_id=poll_id, option=0)
     await tea.event("poll.tally", counts=[2, 0])
     await tea.send(type="poll.close", poll_id=poll_id)
@@ -581,3 +582,82 @@ async def test_real_media_service_is_mounted(
     await ann.event("chat.message")
     async with http.get(f"{edge.url}/healthz") as resp:
         assert resp.status == 200
+
+
+async def test_rotated_key_is_fetched_on_first_use(
+    start_edge: Any,
+    connect: Connect,
+    keyring: KeyRing,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from liveclass.edge_node import origin_link
+
+    # Let the edge's next fetch through at once, as if minutes had passed.
+    monkeypatch.setattr(origin_link, "MIN_KEYS_REFRESH_S", 0.0)
+    edge = await start_edge(MemoryClassLog())
+    old_kids = edge.node.verifier.kids
+    keyring.rotate()
+    ann = await connect(edge, "ann")  # signed with a key the edge never saw
+    assert ann.frames[0].events[0].type == "welcome"
+    assert set(edge.node.verifier.kids) > set(old_kids)
+
+
+async def test_tls(
+    origin: Origin, keyring: KeyRing, class_id: str, tmp_path: Any
+) -> None:
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    config = EdgeConfig(
+        port=free_port(),
+        origin_url=origin.url,
+        data_dir=tmp_path,
+        tls_cert=cert_path,
+        tls_key=key_path,
+    )
+    runner = await run_edge(config, MemoryClassLog())
+    try:
+        assert runner.url.startswith("https://")
+        runner.node.verifier.update(keyring.public_keys())
+        client_ctx = ssl.create_default_context(cafile=str(cert_path))
+        client_ctx.check_hostname = False
+        token = keyring.mint(class_id, "ann", "Ann", Role.STUDENT)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                f"{runner.url}/v1/ws",
+                params={"token": token, "v": "1"},
+                ssl=client_ctx,
+            ) as ws,
+        ):
+            first = Frame.model_validate_json((await ws.receive()).data)
+            assert first.events[0].type == "welcome"
+    finally:
+        await runner.stop()

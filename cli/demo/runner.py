@@ -108,9 +108,7 @@ async def _run_class(servers: Servers, options: DemoOptions) -> dict[str, Any]:
     entries = await _read_log(servers, class_id)
     say("checking the recording: origin report, then FFmpeg")
     async with AdminClient(servers.origin_url, servers.api_key) as admin:
-        outcome["recording"] = await fetch_recording(
-            admin, class_id, auditor, entries
-        )
+        outcome["recording"] = await fetch_recording(admin, class_id, auditor, entries)
     entries = await _read_log(servers, class_id)
     return _report(options, class_id, outcome, entries)
 

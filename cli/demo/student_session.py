@@ -125,16 +125,14 @@ async def _watch(
     result: StudentResult,
     media: dict[str, Any],
 ) -> None:
-    import httpx
-
+    from liveclass.sdk.http import http_client
     from liveclass.sdk.media.hls import HlsPlayer
 
     renditions = media.get("renditions") or []
     bandwidths = [int(r["bandwidth"]) for r in renditions if "bandwidth" in r]
     cap = link_bps(plan.link_share, min(bandwidths), max(bandwidths))
     master = room.edge_url + media["master_url"]
-    transport = httpx.AsyncHTTPTransport(local_address=plan.address)
-    async with httpx.AsyncClient(timeout=10.0, transport=transport) as client:
+    async with http_client(plan.address) as client:
         player = HlsPlayer(master, token=token, bandwidth_bps=cap, client=client)
         crowd.players[plan.user_id] = player
         await player.run()

@@ -27,6 +27,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from liveclass.sdk.http import http_client
+
 logger = logging.getLogger(__name__)
 
 
@@ -277,7 +279,7 @@ class HlsPlayer:
         playlist cannot be fetched.
         """
         own = self._client is None
-        client = self._client or httpx.AsyncClient(timeout=10.0)
+        client = self._client or http_client()
         self._started = self._clock = time.monotonic()
         try:
             await self._play(client, duration_s)
@@ -368,7 +370,7 @@ class HlsPlayer:
         size = 0
         async with client.stream("GET", segment.uri) as response:
             response.raise_for_status()
-            async for chunk in response.aiter_bytes(16 * 1024):
+            async for chunk in response.aiter_bytes(64 * 1024):
                 size += len(chunk)
                 if self.bandwidth_bps:
                     # Read no faster than the capped link would deliver.

@@ -30,6 +30,7 @@ from aiortc import (
 )
 from av.bitstream import BitStreamFilterContext
 
+from liveclass.sdk.http import http_client
 from liveclass.sdk.media.ice import LOOPBACK, advertise
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class WhipPublisher:
             "Content-Type": "application/sdp",
         }
         try:
-            async with httpx.AsyncClient(timeout=self._timeout_s) as client:
+            async with http_client(timeout_s=self._timeout_s) as client:
                 response = await client.post(
                     self.whip_url, content=self.pc.localDescription.sdp, headers=headers
                 )
@@ -246,7 +247,7 @@ class WhipPublisher:
         if self.resource_url is not None:
             headers = {"Authorization": f"Bearer {self._token}"}
             try:
-                async with httpx.AsyncClient(timeout=self._timeout_s) as client:
+                async with http_client(timeout_s=self._timeout_s) as client:
                     await client.delete(self.resource_url, headers=headers)
             except httpx.HTTPError as exc:
                 logger.warning("could not delete %s: %s", self.resource_url, exc)
