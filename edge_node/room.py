@@ -18,11 +18,11 @@ from liveclass.edge_node.context import Appender
 from liveclass.edge_node.fanout import Batch, Sink, frame_json, member_frames, single
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.rules import ClassState, Validator
-from liveclass.edge_node.rules.quizzes import QuizResult
 from liveclass.edge_node.rules.state import Folded
 from liveclass.edge_node.rules.validate import closing_entry
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
 from liveclass.origin.contract import Audience, LogEvent
+from liveclass.origin.results.quizzes import QuizResult
 from liveclass.sdk.protocol import CloseCode, Event, Member
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,8 @@ import logging
 import time
 
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
+from liveclass.origin.contract import LogEvent
+from liveclass.origin.results import Results
 from liveclass.origin.store import Store
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,11 @@ class Reconciler:
         self.offset: int | None = None
         self.ended = False
         self.recorded = False
+        self.has_media = False
         self._ended_at = 0.0
+        self.results = Results()
+        self._folded_to = 0
+        self._filled: dict[int, LogEvent] = {}
 
     async def step(self, wait_s: float = 0.0) -> int:
         """Persist the next entries, waiting up to ``wait_s`` for some.
@@ -55,6 +61,8 @@ class Reconciler:
         """
         if self.offset is None:
             self.offset = await self.store.offset(self.class_id)
+            if self._folded_to < self.offset:
+                await self._refold(self.offset)
         try:
             if wait_s > 0:
                 entries = await self.log.wait(
@@ -76,19 +84,62 @@ class Reconciler:
             return await self.step(wait_s)
         if not entries:
             return 0
+        entries = [self._fold(entry) for entry in entries]
         self.offset = await self.store.persist(self.class_id, entries)
         types = {entry.type for entry in entries}
         if "class.ended" in types and not self.ended:
             self.ended = True
             self._ended_at = time.monotonic()
+        if "media.live" in types:
+            self.has_media = True
         if "recording.ready" in types:
             self.recorded = True
         return len(entries)
 
+    def _fold(self, entry: LogEvent) -> LogEvent:
+        """``entry`` with its poll or quiz results filled in.
+
+        Each entry is folded once; a retry after a failed commit gets the
+        same filled-in entry again from ``_filled``.
+        """
+        if entry.seq > self._folded_to:
+            filled = self.results.fold(entry)
+            self._folded_to = entry.seq
+            if filled is not entry:
+                self._filled[entry.seq] = filled
+        return self._filled.get(entry.seq, entry)
+
+    async def _refold(self, upto: int) -> None:
+        """Rebuild the results fold from the log after a restart: the votes
+        of a poll still open were persisted as batches, not as counts."""
+        after = self._folded_to
+        while after < upto:
+            try:
+                entries = await self.log.read(self.class_id, after, self.batch)
+            except HistoryTrimmed as exc:
+                logger.warning(
+                    "class %s: entries up to %d are trimmed; results of a poll "
+                    "or quiz open across them will miss their votes",
+                    self.class_id,
+                    exc.first - 1,
+                    extra=self._extra,
+                )
+                after = exc.first - 1
+                continue
+            if not entries:
+                break
+            for entry in entries:
+                if entry.seq > upto:
+                    break
+                self._fold(entry)
+            after = entries[-1].seq
+        self._folded_to = max(self._folded_to, upto)
+
     @property
     def done(self) -> bool:
         """Whether nothing more is expected: the class ended and its
-        recording arrived, or did not within ``after_end_s``.
+        recording arrived (if it had media), or did not within
+        ``after_end_s``.
 
         The ingest edge publishes the recording after the end, so the
         reconciler keeps reading for a while after ``class.ended``.
@@ -96,7 +147,7 @@ class Reconciler:
         if not self.ended:
             return False
         waited = time.monotonic() - self._ended_at
-        return self.recorded or waited > self.after_end_s
+        return not self.has_media or self.recorded or waited > self.after_end_s
 
     async def drain(self) -> int:
         """Persist everything the log holds now; return how many entries."""

@@ -12,7 +12,7 @@ from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.chat import RateLimiter
 from liveclass.edge_node.rules.hands import HandQueue
 from liveclass.edge_node.rules.presence import Presence
-from liveclass.edge_node.rules.quizzes import points
+from liveclass.origin.results.quizzes import points
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.sdk.protocol import CLIENT_MESSAGE, ErrorCode, Member, Role
 

@@ -85,26 +85,42 @@ def class_story() -> list[LogEvent]:
             type="poll.opened",
             data={"poll_id": "p1", "question": "Q?", "options": ["a", "b"]},
         ),  # 6
-        LogEvent(type="poll.votes", audience=Audience.EDGES, data={"poll_id": "p1"}),
-        LogEvent(type="poll.closed", data={"poll_id": "p1", "counts": [2, 1]}),  # 8
+        # Votes arrive in per-tick batches; Bob changes his mind, and a
+        # third member votes. The closing entry carries no counts: every
+        # reader folds them from the batches.
+        LogEvent(
+            type="poll.votes",
+            audience=Audience.EDGES,
+            data={
+                "poll_id": "p1",
+                "votes": [["u1", 0, 1.0], ["u2", 1, 1.0], ["u2", 0, 2.0], ["u3", 1, 2]],
+            },
+        ),  # 7
+        LogEvent(type="poll.closed", data={"poll_id": "p1"}),  # 8
         LogEvent(
             type="quiz.asked",
-            data={"quiz_id": "q1", "question": "2+2?", "options": ["3", "4"]},
-        ),  # 9
-        LogEvent(
-            type="quiz.closed",
+            ts=100.0,
             data={
                 "quiz_id": "q1",
+                "question": "2+2?",
+                "options": ["3", "4"],
                 "correct": 1,
-                "leaderboard": [{"user_id": "u1", "name": "Ada", "score": 900}],
+                "asked_at": 100.0,
+                "duration_s": 20.0,
             },
+        ),  # 9
+        LogEvent(
+            type="quiz.answers",
+            audience=Audience.EDGES,
+            data={"quiz_id": "q1", "answers": [["u1", "Ada", 1, 104.0]]},
         ),  # 10
-        left("u1"),  # 11
-        joined("u1"),  # 12: Ada comes back
+        LogEvent(type="quiz.closed", data={"quiz_id": "q1"}),  # 11
+        left("u1"),  # 12
+        joined("u1"),  # 13: Ada comes back
         LogEvent(
             type="recording.ready",
             data={"playlist_url": "https://e/rec.m3u8", "duration_s": 60},
-        ),  # 13
+        ),  # 14
     ]
 
 
@@ -114,8 +130,8 @@ async def test_reconciler_persists_every_kind(
     await memory_log.append(class_id, class_story())
 
     reconciler = Reconciler(store, memory_log, class_id)
-    assert await reconciler.drain() == 13
-    assert await store.offset(class_id) == 13
+    assert await reconciler.drain() == 14
+    assert await store.offset(class_id) == 14
 
     report = await store.report(class_id)
     assert report is not None
@@ -146,7 +162,7 @@ async def test_replay_stores_nothing_twice(
     # A crash before the offset moved, or a second origin: the same entries
     # again. Ada's second session must stay open despite the replayed leave.
     await store.persist(class_id, entries)
-    await store.persist(class_id, entries[10:])
+    await store.persist(class_id, entries[11:])
     again = await store.report(class_id)
 
     assert again == first
@@ -232,3 +248,20 @@ async def test_class_ids_are_unique(store: Store, class_id: str) -> None:
         await store.create_class(info)
     assert not await store.transition(class_id, ClassStatus.CREATED, ClassStatus.LIVE)
     assert await store.transition(class_id, ClassStatus.LIVE, ClassStatus.ENDED)
+
+
+async def test_a_restarted_reconciler_refolds_open_poll_votes(
+    store: Store, memory_log: MemoryClassLog, class_id: str
+) -> None:
+    story = class_story()
+    await memory_log.append(class_id, story[:7])  # the poll is open, votes in
+    assert await Reconciler(store, memory_log, class_id).drain() == 7
+
+    # The origin restarts; the new reconciler never saw the votes batch.
+    await memory_log.append(class_id, story[7:])
+    assert await Reconciler(store, memory_log, class_id).drain() == 7
+
+    report = await store.report(class_id)
+    assert report is not None
+    [poll] = report.polls
+    assert (poll.counts, poll.votes) == ([2, 1], 3)

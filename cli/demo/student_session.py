@@ -73,6 +73,12 @@ async def attend(
                     "stalls": stats.stalls,
                     "switches": stats.switches,
                     "renditions": sorted(stats.per_rendition),
+                    "link_bps": player.bandwidth_bps,
+                    "stall_events": [
+                        {"at": round(e.at, 1), **e.detail}
+                        for e in stats.events
+                        if e.kind in ("stall", "switch")
+                    ][:6],
                 }
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from liveclass.edge_node.rules.chat import ChatState
 from liveclass.edge_node.rules.hands import HandQueue
-from liveclass.edge_node.rules.polls import Polls
 from liveclass.edge_node.rules.presence import Presence
-from liveclass.edge_node.rules.quizzes import QuizResult, Quizzes
 from liveclass.origin.contract import INTERNAL_TYPES, Audience, LogEvent
+from liveclass.origin.results.polls import Polls
+from liveclass.origin.results.quizzes import QuizResult, Quizzes
 from liveclass.sdk.protocol import Member
 
 EDGE_TIMEOUT_S = 30.0
