@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from liveclass.cli.flags import flag, repeated
@@ -21,7 +22,7 @@ def add_parser(commands: Any) -> None:
     flag(p, "--edge-key", env + "EDGE_KEY", None, "key edges register with")
     flag(p, "--database-url", env + "DATABASE_URL", None, "SQLAlchemy URL")
     flag(p, "--redis-url", env + "REDIS_URL", None, "class log in Redis")
-    flag(p, "--geoip-db", env + "GEOIP_DB", None, "MaxMind City database")
+    flag(p, "--geoip-db", env + "GEOIP_DB", None, "MaxMind City database", Path)
     flag(
         p,
         "--trusted-proxy",
@@ -30,9 +31,9 @@ def add_parser(commands: Any) -> None:
         "CIDR of a proxy whose X-Forwarded-For is believed",
         repeat=True,
     )
-    flag(p, "--key-file", env + "KEY_FILE", None, "RSA signing key (PEM)")
-    flag(p, "--tls-cert", env + "TLS_CERT", None, "certificate for HTTPS")
-    flag(p, "--tls-key", env + "TLS_KEY", None, "private key for HTTPS")
+    flag(p, "--key-file", env + "KEY_FILE", None, "RSA signing key (PEM)", Path)
+    flag(p, "--tls-cert", env + "TLS_CERT", None, "certificate for HTTPS", Path)
+    flag(p, "--tls-key", env + "TLS_KEY", None, "private key for HTTPS", Path)
     p.set_defaults(run=run)
 
 

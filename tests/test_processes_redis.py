@@ -21,11 +21,18 @@ import websockets
 from liveclass.sdk.admin import AdminClient
 from liveclass.sdk.protocol import PROTOCOL_VERSION
 
-from .conftest import free_port
-
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 LIVECLASS = str(Path(sys.executable).with_name("liveclass"))
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:

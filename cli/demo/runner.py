@@ -205,9 +205,7 @@ def _report(
             "stalls": stalls,
             "switches": sum(s.hls.get("switches", 0) for s in students),
             "stalled": [
-                {"user_id": s.user_id, **s.hls}
-                for s in students
-                if s.hls.get("stalls")
+                {"user_id": s.user_id, **s.hls} for s in students if s.hls.get("stalls")
             ][:10],
             "renditions_played": sorted(
                 {r for s in students for r in s.hls.get("renditions", [])}
