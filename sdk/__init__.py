@@ -10,6 +10,7 @@
 The wire protocol is in :mod:`liveclass.sdk.protocol`.
 """
 
+from liveclass.sdk.admin import AdminAPIError, AdminClient, TokenSpec
 from liveclass.sdk.client import Classroom, connect
 from liveclass.sdk.errors import (
     BadToken,
@@ -67,6 +68,8 @@ from liveclass.sdk.protocol import Member, Role
 from liveclass.sdk.state import ClassState
 
 __all__ = [
+    "AdminAPIError",
+    "AdminClient",
     "BadToken",
     "ChatDeleted",
     "ChatMessage",
@@ -114,6 +117,7 @@ __all__ = [
     "Snapshot",
     "StateReset",
     "TokenExpired",
+    "TokenSpec",
     "TryAgainLater",
     "UnknownEvent",
     "VersionUnsupported",

@@ -56,17 +56,10 @@ class AdminAPIError(LiveclassError):
 
 
 class _Answer(BaseModel):
-    """An answer of the origin: typed attributes, also readable by JSON name
-    (``info.id`` or ``info["id"]``) for code that handles raw documents."""
+    """An answer of the origin, as typed attributes."""
 
     # Ignore fields a newer origin adds: the client keeps working.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    def __getitem__(self, key: str) -> Any:
-        for name, field in type(self).model_fields.items():
-            if key in (name, field.alias):
-                return getattr(self, name)
-        raise KeyError(key)
 
 
 class ClassStatus(StrEnum):

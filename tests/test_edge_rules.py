@@ -12,8 +12,8 @@ from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.chat import RateLimiter
 from liveclass.edge_node.rules.hands import HandQueue
 from liveclass.edge_node.rules.presence import Presence
-from liveclass.origin.results.quizzes import points
 from liveclass.origin.contract import Audience, LogEvent
+from liveclass.origin.results.quizzes import points
 from liveclass.sdk.protocol import CLIENT_MESSAGE, ErrorCode, Member, Role
 
 TEACHER = Member(user_id="t", name="Tea", role=Role.TEACHER)

@@ -156,7 +156,7 @@ class Member:
 async def members(fleet: dict[str, Any]) -> AsyncIterator[dict[str, Member]]:
     async with AdminClient(fleet["origin"], fleet["api_key"]) as admin:
         klass = await admin.create_class(title="two edges")
-        class_id = klass["id"]
+        class_id = klass.id
         await admin.start_class(class_id)
         roster = [
             ("teacher", "teacher", "edge-1"),
@@ -168,7 +168,7 @@ async def members(fleet: dict[str, Any]) -> AsyncIterator[dict[str, Member]]:
             minted = await admin.mint_token(class_id, user, user.title(), role)
             url = fleet["edges"][edge].replace("http", "ws", 1)
             ws = await websockets.connect(
-                f"{url}/v1/ws?token={minted['token']}&v={PROTOCOL_VERSION}"
+                f"{url}/v1/ws?token={minted.token}&v={PROTOCOL_VERSION}"
             )
             out[user] = Member(ws)
             await out[user].until(lambda e: e["type"] == "welcome")

@@ -27,27 +27,23 @@ async def fetch_recording(
     recording = None
     while time.monotonic() < deadline:
         report = await admin.report(class_id)
-        recording = _field(report, "recording")
+        recording = report.recording
         if recording:
             break
         await asyncio.sleep(0.5)
     if not recording:
         error = f"no recording in the origin's report after {within_s:.0f} s"
         return {"playlist": None, "duration_s": 0.0, "decodes": {"error": error}}
-    playlist = str(_field(recording, "playlist_url"))
+    playlist = recording.playlist_url
     if playlist.startswith("/"):
         ingest = [e.data.get("ingest_url") for e in entries if e.type == "media.live"]
         playlist = f"{ingest[-1]}{playlist}" if ingest else playlist
     check = await asyncio.to_thread(decode, f"{playlist}?token={token}")
     return {
         "playlist": playlist,
-        "duration_s": float(_field(recording, "duration_s") or 0.0),
+        "duration_s": float(recording.duration_s or 0.0),
         "decodes": check,
     }
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 def decode(url: str) -> dict[str, Any]:

@@ -62,7 +62,7 @@ async def _run_class(servers: Servers, options: DemoOptions) -> dict[str, Any]:
 
     async with AdminClient(servers.origin_url, servers.api_key) as admin:
         klass = await admin.create_class(title="Big Buck Bunny, live")
-        class_id = klass["id"] if isinstance(klass, dict) else klass.id
+        class_id = klass.id
         await admin.start_class(class_id)
         roster = [
             {"user_id": "teacher", "name": "Teacher", "role": "teacher"},
@@ -73,7 +73,7 @@ async def _run_class(servers: Servers, options: DemoOptions) -> dict[str, Any]:
             for i in range(options.students)
         ]
         tokens = await admin.mint_tokens(class_id, roster)
-    by_user = {t["user_id"]: t["token"] for t in tokens}
+    by_user = {t.user_id: t.token for t in tokens}
     auditor = by_user.pop(AUDITOR)
     say(f"class {class_id} created, {len(tokens)} join tokens minted")
 
