@@ -175,7 +175,7 @@ class TokenVerifier:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
             raise TokenError(f"malformed token: {exc}") from None
-        key = self._keys.get(kid)
+        key = self._keys.get(str(kid))
         if key is None:
             raise UnknownKey(f"token signed with unknown key {kid!r}")
         try:

@@ -378,7 +378,13 @@ def parse_event(event: Event) -> ClassEvent:
     base = {"seq": event.seq, "ts": event.ts, "actor": event.actor}
     cls = EVENT_CLASSES.get(event.type)
     if cls is None:
-        return UnknownEvent(**base, event_type=event.type, data=event.data)
+        return UnknownEvent(
+            seq=event.seq,
+            ts=event.ts,
+            actor=event.actor,
+            event_type=event.type,
+            data=event.data,
+        )
     fields = {cls.RENAMES.get(key, key): value for key, value in event.data.items()}
     # The envelope wins over data fields of the same name.
     fields.update(base)
@@ -391,4 +397,10 @@ def parse_event(event: Event) -> ClassEvent:
             event.seq,
             exc.errors(include_url=False, include_input=False),
         )
-        return UnknownEvent(**base, event_type=event.type, data=event.data)
+        return UnknownEvent(
+            seq=event.seq,
+            ts=event.ts,
+            actor=event.actor,
+            event_type=event.type,
+            data=event.data,
+        )

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -83,17 +84,16 @@ class IngestSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        push = (
-            self.transcoder.push_video
-            if track.kind == "video"
-            else self.transcoder.push_audio
-        )
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            push(frame, time.monotonic())
+            # aiortc's receiver tracks yield decoded frames, never packets.
+            if isinstance(frame, av.VideoFrame):
+                self.transcoder.push_video(frame, time.monotonic())
+            elif isinstance(frame, av.AudioFrame):
+                self.transcoder.push_audio(frame, time.monotonic())
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
