@@ -120,6 +120,13 @@ class EdgeStatus(_Answer):
     healthy: bool
 
 
+class RecordingInfo(_Answer):
+    """Where a class's recording is: a VOD playlist and its length."""
+
+    playlist_url: str
+    duration_s: float
+
+
 class ClassReport(_Answer):
     """What the origin persisted about a class.
 
@@ -132,7 +139,7 @@ class ClassReport(_Answer):
     chat: list[dict[str, Any]]
     polls: list[dict[str, Any]]
     quizzes: list[dict[str, Any]]
-    recording: dict[str, Any] | None = None
+    recording: RecordingInfo | None = None
 
 
 _A = TypeVar("_A", bound=BaseModel)

@@ -139,6 +139,16 @@ async def _watch(
     cap = link_bps(plan.link_share, min(bandwidths), max(bandwidths))
     master = room.edge_url + media["master_url"]
     async with http_client(plan.address) as client:
-        player = HlsPlayer(master, token=token, bandwidth_bps=cap, client=client)
+        # Start three segments behind the live edge with all three buffered,
+        # as browser players do: six seconds of cushion against a busy
+        # moment on this shared two-core machine.
+        player = HlsPlayer(
+            master,
+            token=token,
+            bandwidth_bps=cap,
+            client=client,
+            live_edge_segments=3,
+            start_buffer_s=6.0,
+        )
         crowd.players[plan.user_id] = player
         await player.run()

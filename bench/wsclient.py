@@ -1,0 +1,299 @@
+"""A lean WebSocket client on a raw asyncio protocol, for the load generator.
+
+Thousands of these share one process, so the receive path does as little
+Python work per frame as it can: it walks frame headers to find frame
+boundaries and control frames, then counts or extracts the benchmark's
+timestamp markers over the whole run of complete frames with one C-level
+call. Only the client side of RFC 6455 is implemented: no extensions, no
+fragmentation on send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import struct
+import time
+from collections.abc import Callable
+from enum import IntEnum
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# RFC 6455 section 4.1: the key is 16 random bytes, base64-encoded. One key
+# for every connection is enough here: it only proves the server speaks
+# WebSocket, and computing the expected accept once keeps joins cheap.
+_KEY = base64.b64encode(os.urandom(16))
+_ACCEPT = base64.b64encode(hashlib.sha1(_KEY + _GUID).digest())
+
+MARKER = re.compile(rb"~([a-z])(\d+):(\d+)~")
+"""A timestamp marker inside a message: phase letter, message number, send
+time in nanoseconds since the epoch."""
+
+_SEQ = re.compile(rb'\{"seq_from":(null|\d+),"seq_to":(null|\d+)')
+
+
+def marker(phase: str, number: int) -> str:
+    """The marker a publisher puts in a message sent now."""
+    return f"~{phase}{number}:{time.time_ns()}~"
+
+
+class Opcode(IntEnum):
+    """Frame opcodes (RFC 6455 section 5.2)."""
+
+    CONT = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class State(IntEnum):
+    """Where a connection is in its life."""
+
+    CONNECTING = 0
+    UPGRADING = 1
+    WAITING = 2
+    JOINED = 3
+    CLOSED = 4
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, masked client frame (RFC 6455 section 5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    # XOR through one big integer: far cheaper than a Python loop per byte.
+    repeated = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        n, "big"
+    )
+    return head + mask + masked
+
+
+class Stats:
+    """Counters of one benchmark phase, shared by every client of a process."""
+
+    __slots__ = ("delivered", "gaps", "latencies_ns", "phase", "refused")
+
+    def __init__(self, phase: str = "-") -> None:
+        self.phase = phase
+        self.delivered = 0
+        self.gaps = 0
+        self.refused = 0
+        self.latencies_ns: list[int] = []
+
+
+class Client(asyncio.Protocol):
+    """One WebSocket connection of the load generator.
+
+    ``join_signal`` says when the server has accepted the client: ``b""``
+    for the 101 response itself, otherwise a byte string whose appearance in
+    a text frame marks the join (the edge's welcome frame, Socket.IO's
+    namespace acknowledgement). ``sampled`` clients record each message's
+    latency; the others only count messages, which costs one ``bytes.count``
+    per read. ``chain`` checks the edge's sequence numbers from frame to
+    frame; ``eio`` speaks the Engine.IO layer of Socket.IO (namespace join,
+    pings).
+    """
+
+    stats: Stats = Stats()
+    """The phase counters every client adds to; swapped between phases."""
+
+    def __init__(
+        self,
+        path: str,
+        host: str,
+        join_signal: bytes,
+        sampled: bool,
+        chain: bool,
+        on_joined: Callable[[Client], None],
+        eio: bool = False,
+    ) -> None:
+        self.path = path
+        self.host = host
+        self.join_signal = join_signal
+        self.sampled = sampled
+        self.chain = chain
+        self.on_joined = on_joined
+        self.state = State.CONNECTING
+        self.close_code: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self.last_seq: bytes | None = None
+        self.connect_error: str | None = None
+        # Socket.IO and Engine.IO answers: "2" (ping) must get "3" (pong).
+        self.eio = eio
+        # Counted apart from the phase's receivers (slow readers), or not at
+        # all (the publisher): a Stats whose phase letter never matches.
+        self.own_stats: Stats | None = None
+        self._buf = bytearray()
+        self._closed = asyncio.get_running_loop().create_future()
+
+    # --- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Send the opening handshake (RFC 6455 section 4.1)."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.state = State.UPGRADING
+        transport.write(
+            b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+            % (self.path.encode(), self.host.encode(), _KEY)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        """Walk the complete frames received so far."""
+        buf = self._buf
+        buf += data
+        if self.state is State.UPGRADING:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end])
+            del buf[: end + 4]
+            if not head.startswith(b"HTTP/1.1 101") or _ACCEPT not in head:
+                self.connect_error = head.split(b"\r\n", 1)[0].decode(errors="replace")
+                self._finish()
+                return
+            if self.eio:
+                # Socket.IO: join the default namespace.
+                self.send_text(b"40")
+            if self.join_signal:
+                self.state = State.WAITING
+            else:
+                self.state = State.JOINED
+                self.on_joined(self)
+        self._frames()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Remember that the connection is gone."""
+        self._finish()
+
+    # --- frames -----------------------------------------------------------
+
+    def _frames(self) -> None:
+        buf = self._buf
+        size = len(buf)
+        i = 0
+        texts = 0
+        while size - i >= 2:
+            b0 = buf[i]
+            n = buf[i + 1] & 0x7F
+            start = i + 2
+            if n == 126:
+                if size - i < 4:
+                    break
+                n = (buf[i + 2] << 8) | buf[i + 3]
+                start = i + 4
+            elif n == 127:
+                if size - i < 10:
+                    break
+                n = int.from_bytes(buf[i + 2 : i + 10], "big")
+                start = i + 10
+            end = start + n
+            if end > size:
+                break
+            opcode = b0 & 0x0F
+            if opcode > 0x7:
+                self._control(opcode, bytes(buf[start:end]))
+            elif self.eio and n == 1 and buf[start] == 0x32:
+                # Engine.IO ping ("2"): answer "3" or the server drops us.
+                self.send_text(b"3")
+            else:
+                texts += 1
+                if self.chain:
+                    self._check_chain(buf, start, end)
+            i = end
+        if i == 0:
+            return
+        if texts:
+            self._count(buf, i)
+        del buf[:i]
+
+    def _count(self, buf: bytearray, end: int) -> None:
+        stats = self.own_stats or Client.stats
+        if self.state is State.WAITING:
+            if buf.find(self.join_signal, 0, end) < 0:
+                return
+            self.state = State.JOINED
+            self.on_joined(self)
+        if self.chain and stats.phase != "-" and buf.find(b"rate_limited", 0, end) >= 0:
+            stats.refused += buf.count(b"rate_limited", 0, end)
+        if self.sampled:
+            now = time.time_ns()
+            phase = stats.phase.encode()
+            for p, _number, sent in MARKER.findall(buf, 0, end):
+                if p == phase:
+                    stats.delivered += 1
+                    stats.latencies_ns.append(now - int(sent))
+        else:
+            stats.delivered += buf.count(b"~" + stats.phase.encode(), 0, end)
+
+    def _check_chain(self, buf: bytearray, start: int, end: int) -> None:
+        # Edge frames: each frame's seq_from must equal the previous seq_to.
+        m = _SEQ.match(buf, start, end)
+        if m is None or m.group(1) == b"null":
+            return
+        if self.last_seq is not None and m.group(1) != self.last_seq:
+            (self.own_stats or Client.stats).gaps += 1
+        self.last_seq = m.group(2)
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == Opcode.PING:
+            self._send(Opcode.PONG, payload)
+        elif opcode == Opcode.CLOSE:
+            self.close_code = (
+                struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            )
+            # RFC 6455 section 5.5.1: answer the close, then let the server
+            # close the TCP connection.
+            self._send(Opcode.CLOSE, payload[:2])
+            self._finish()
+
+    # --- sending and closing -----------------------------------------------
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(opcode, payload))
+
+    def send_text(self, payload: bytes) -> None:
+        """Send one text message."""
+        self._send(Opcode.TEXT, payload)
+
+    def pause(self) -> None:
+        """Stop reading: the client becomes a slow reader."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read again."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST: no TIME_WAIT left behind)."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+        return self.state is State.CLOSED
+
+    def _finish(self) -> None:
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            if self.transport is not None:
+                self.transport.close()
+            if not self._closed.done():
+                self._closed.set_result(None)
