@@ -51,6 +51,26 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a three-node Redis Cluster that this test session starts."""
+    import shutil
+
+    from redis_cluster import LocalCluster
+
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI must provide it")
+        pytest.skip(f"{message}; install it to test Redis Cluster")
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def postgres_url() -> str:
     """SQLAlchemy URL of the shared PostgreSQL database ``test``."""

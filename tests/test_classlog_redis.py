@@ -14,9 +14,11 @@ from liveclass.origin.contract import LogEvent
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-async def rlog(redis_url: str) -> AsyncIterator[RedisClassLog]:
-    log = RedisClassLog.from_url(redis_url)
+@pytest.fixture(params=["single", "cluster"])
+async def rlog(request: pytest.FixtureRequest) -> AsyncIterator[RedisClassLog]:
+    """The log on the shared Redis, and on a local three-node Cluster."""
+    fixture = "redis_url" if request.param == "single" else "redis_cluster_url"
+    log = RedisClassLog.from_url(request.getfixturevalue(fixture))
     yield log
     await log.close()
 

@@ -13,11 +13,17 @@ __all__ = ["ClassLog", "ClassLogError", "HistoryTrimmed", "MemoryClassLog", "ope
 
 
 def open_log(url: str | None) -> ClassLog:
-    """Open the class log at ``url``: ``redis://...`` or None for in process."""
+    """Open the class log at ``url``: None for in process, ``redis://...`` for
+    one Redis server, ``redis+cluster://host:port`` for a Redis Cluster."""
     if not url or url == "memory://":
         return MemoryClassLog()
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(
+        ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+    ):
         from liveclass.origin.classlog.redis import RedisClassLog
 
         return RedisClassLog.from_url(url)
-    raise ValueError(f"unsupported class log URL {url!r}: use redis://host:port/db")
+    raise ValueError(
+        f"unsupported class log URL {url!r}: use redis://host:port/db or "
+        "redis+cluster://host:port"
+    )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from liveclass.origin.classlog.base import (
@@ -39,6 +40,22 @@ return first
 """
 
 
+# Reads check for trimmed history against the head and the oldest entry; one
+# script keeps the three answers consistent with each other (an append
+# landing in between would pass for a gap), and scripts, unlike MULTI, work
+# the same on Redis Cluster, where both keys share the class's slot.
+_READ = """
+local rows = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+local head = redis.call('GET', KEYS[1])
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+return {rows, head, oldest}
+"""
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""URL schemes that select Redis Cluster: ``redis+cluster://host:port``
+names any node of the cluster."""
+
+
 def _keys(class_id: str) -> tuple[str, str]:
     return f"lc:{{{class_id}}}:seq", f"lc:{{{class_id}}}:log"
 
@@ -52,15 +69,22 @@ class RedisClassLog(ClassLog):
     """A class log kept in Redis Streams."""
 
     def __init__(
-        self, client: aioredis.Redis, retention: int = DEFAULT_RETENTION
+        self,
+        client: aioredis.Redis | RedisCluster,
+        retention: int = DEFAULT_RETENTION,
     ) -> None:
         self._redis = client
         self._retention = retention
         self._append = client.register_script(_APPEND)
+        self._read = client.register_script(_READ)
 
     @classmethod
     def from_url(cls, url: str, retention: int = DEFAULT_RETENTION) -> RedisClassLog:
-        """Connect to the Redis at ``url`` (``redis://host:port/db``)."""
+        """Connect to the Redis at ``url``: ``redis://host:port/db`` for one
+        server, ``redis+cluster://host:port`` for a Redis Cluster."""
+        if url.startswith(CLUSTER_SCHEMES):
+            plain = url.replace("+cluster", "", 1)
+            return cls(RedisCluster.from_url(plain), retention)
         return cls(aioredis.from_url(url), retention)
 
     async def append(self, class_id: str, events: Sequence[LogEvent]) -> list[LogEvent]:
@@ -81,13 +105,9 @@ class RedisClassLog(ClassLog):
     ) -> list[LogEvent]:
         seq_key, log_key = _keys(class_id)
         try:
-            # One transaction, so that an append cannot land between the
-            # range and the head and pass for trimmed history.
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xrange(log_key, f"{after + 1}-0", "+", limit)
-                pipe.get(seq_key)
-                pipe.xrange(log_key, "-", "+", 1)
-                rows, head, oldest = await pipe.execute()
+            rows, head, oldest = await self._read(
+                keys=[seq_key, log_key], args=[f"{after + 1}-0", limit]
+            )
             if rows and _seq_of(rows[0][0]) == after + 1:
                 return self._decode(rows)
             if rows:
@@ -142,7 +162,11 @@ class RedisClassLog(ClassLog):
     def _decode(self, rows: list[Any]) -> list[LogEvent]:
         out = []
         for stream_id, fields in rows:
-            raw = fields.get(_FIELD.encode(), fields.get(_FIELD))
+            # XRANGE through a script answers fields as a flat list.
+            if isinstance(fields, dict):
+                raw = fields.get(_FIELD.encode(), fields.get(_FIELD))
+            else:
+                raw = dict(zip(fields[::2], fields[1::2], strict=True))[_FIELD.encode()]
             event = LogEvent.model_validate_json(raw)
             event.seq = _seq_of(stream_id)
             out.append(event)
