@@ -70,6 +70,7 @@ class Batcher:
         self.log = log
         self.tick_s = tick_s
         self._pending: dict[str, list[LogEvent]] = {}
+        self._in_doubt: dict[str, list[LogEvent]] = {}
         self._on_appended = on_appended
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -77,6 +78,10 @@ class Batcher:
 
     async def add(self, class_id: str, events: Sequence[LogEvent]) -> None:
         """Queue ``events`` for the next flush (the ``EdgeContext.append``)."""
+        self.add_now(class_id, events)
+
+    def add_now(self, class_id: str, events: Sequence[LogEvent]) -> None:
+        """:meth:`add` for callers that cannot await; it never waits anyway."""
         pending = self._pending.setdefault(class_id, [])
         if len(pending) + len(events) > MAX_PENDING:
             logger.warning(
@@ -110,34 +115,52 @@ class Batcher:
         await self.flush()
 
     async def _run(self) -> None:
+        # A quiet class's entry leaves at once; under load, entries wait for
+        # the tick that follows the last append: one append per tick at most.
+        loop = asyncio.get_running_loop()
+        last = -self.tick_s
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            if not self._stopping:
-                await asyncio.sleep(self.tick_s)
+            wait = last + self.tick_s - loop.time()
+            if not self._stopping and wait > 0:
+                await asyncio.sleep(wait)
+            last = loop.time()
             await self.flush()
 
     async def flush(self) -> None:
-        """Append every class's pending entries now, one append per class."""
-        if not self._pending:
+        """Append every class's pending entries now, one append per class.
+
+        A batch whose append failed is retried first and alone, exactly as it
+        was: the log may have stored it before the error reached us, and only
+        an identical batch is recognised as a retry (and not stored twice).
+        """
+        if not self._pending and not self._in_doubt:
             return
         pending, self._pending = self._pending, {}
-        classes = list(pending)
+        batches = dict(self._in_doubt)
+        self._in_doubt.clear()
+        for class_id, events in pending.items():
+            if class_id in batches:
+                # The rest waits for the next tick, behind the retried batch.
+                self._pending[class_id] = events
+            else:
+                batches[class_id] = merge_batches(events)
+        classes = list(batches)
         results = await asyncio.gather(
-            *(self.log.append(c, merge_batches(pending[c])) for c in classes),
+            *(self.log.append(c, batches[c]) for c in classes),
             return_exceptions=True,
         )
         for class_id, result in zip(classes, results, strict=True):
             if isinstance(result, ClassLogError):
-                # Keep them, in front of anything added meanwhile, and retry
-                # next tick: an accepted message is not lost to a blip.
+                # Keep the batch and retry it next tick: an accepted message
+                # is not lost to a blip.
                 logger.warning(
                     "class log append failed, will retry: %s",
                     result,
                     extra={"class_id": class_id},
                 )
-                later = self._pending.get(class_id, [])
-                self._pending[class_id] = pending[class_id] + later
+                self._in_doubt[class_id] = batches[class_id]
                 self._wake.set()
             elif isinstance(result, BaseException):
                 logger.error(
@@ -147,3 +170,11 @@ class Batcher:
                 )
             elif self._on_appended is not None:
                 self._on_appended(len(result))
+        if self._pending:
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Entries waiting for the class log, retried batches included."""
+        held = sum(len(b) for b in self._in_doubt.values())
+        return held + sum(len(p) for p in self._pending.values())

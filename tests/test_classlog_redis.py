@@ -25,7 +25,8 @@ async def rlog(request: pytest.FixtureRequest) -> AsyncIterator[RedisClassLog]:
 
 async def _cleanup(log: RedisClassLog, class_id: str) -> None:
     # Only this test's own keys; the shared Redis is never flushed.
-    await log._redis.delete(f"lc:{{{class_id}}}:seq", f"lc:{{{class_id}}}:log")
+    async for key in log._redis.scan_iter(match=f"lc:{{{class_id}}}:*"):
+        await log._redis.delete(key)
 
 
 def _events(n: int, prefix: str = "m") -> list[LogEvent]:
@@ -52,6 +53,22 @@ async def test_append_numbers_and_read(rlog: RedisClassLog, class_id: str) -> No
         assert await rlog.read(class_id, 5) == []
         ids = await rlog._redis.xrange(f"lc:{{{class_id}}}:log", "-", "+")
         assert [i for i, _ in ids][:2] == [b"1-1", b"2-1"]
+    finally:
+        await _cleanup(rlog, class_id)
+
+
+async def test_a_retried_batch_is_appended_once(
+    rlog: RedisClassLog, class_id: str
+) -> None:
+    # A writer whose append timed out cannot know whether it landed, so it
+    # sends the same batch again: the log must not hold it twice.
+    try:
+        batch = _events(3)
+        first = await rlog.append(class_id, batch)
+        again = await rlog.append(class_id, batch)
+        assert [e.seq for e in again] == [e.seq for e in first] == [1, 2, 3]
+        assert await rlog.head(class_id) == 3
+        assert [e.seq for e in await rlog.append(class_id, _events(1))] == [4]
     finally:
         await _cleanup(rlog, class_id)
 

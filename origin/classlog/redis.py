@@ -28,16 +28,28 @@ _FIELD = "e"
 
 # Numbers and stream ids are assigned in one script so that two writers can
 # never interleave: the script runs atomically on the node holding the slot.
+# The batch key (named by the batch's first entry id, unique per writer)
+# makes a retried append idempotent.
 _APPEND = """
-local n = #ARGV - 1
+local done = redis.call('GET', KEYS[3])
+if done then
+  return tonumber(done)
+end
+local n = #ARGV - 2
 local last = redis.call('INCRBY', KEYS[1], n)
 local first = last - n + 1
 for i = 1, n do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1],
-             (first + i - 1) .. '-1', 'e', ARGV[i + 1])
+             (first + i - 1) .. '-1', 'e', ARGV[i + 2])
 end
+redis.call('SET', KEYS[3], first, 'EX', ARGV[2])
 return first
 """
+
+BATCH_MEMORY_S = 3600
+"""How long the log remembers a batch it appended. A writer whose append
+timed out does not know whether it landed; retrying the same batch within
+this time returns the numbers it was given instead of appending it twice."""
 
 
 # Reads check for trimmed history against the head and the oldest entry; one
@@ -58,6 +70,10 @@ names any node of the cluster."""
 
 def _keys(class_id: str) -> tuple[str, str]:
     return f"lc:{{{class_id}}}:seq", f"lc:{{{class_id}}}:log"
+
+
+def _batch_key(class_id: str, first_id: str) -> str:
+    return f"lc:{{{class_id}}}:batch:{first_id}"
 
 
 def _seq_of(stream_id: Any) -> int:
@@ -93,7 +109,8 @@ class RedisClassLog(ClassLog):
         payloads = [e.model_dump_json(exclude={"seq"}) for e in events]
         try:
             first = await self._append(
-                keys=list(_keys(class_id)), args=[self._retention, *payloads]
+                keys=[*_keys(class_id), _batch_key(class_id, events[0].id)],
+                args=[self._retention, BATCH_MEMORY_S, *payloads],
             )
         except RedisError as exc:
             raise ClassLogError(f"class {class_id}: append failed: {exc}") from exc
