@@ -23,7 +23,10 @@ def flag(
     """
     raw = os.environ.get(env)
     if raw is not None:
-        default = [type(v) for v in raw.split(",") if v] if repeat else type(raw)
+        try:
+            default = [type(v) for v in raw.split(",") if v] if repeat else type(raw)
+        except ValueError:
+            parser.exit(2, f"{parser.prog}: {env}={raw!r} is not a valid value\n")
     elif repeat and default is None:
         default = []
     shown = f"{help} (env {env}" + (f", default {default!r})" if default else ")")
@@ -42,3 +45,11 @@ def repeated(args: argparse.Namespace, name: str) -> list[Any]:
 
 def _dest(name: str) -> str:
     return name.lstrip("-").replace("-", "_")
+
+
+def port(value: str) -> int:
+    """A TCP port number, 0 (any free port) to 65535."""
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value} is not a TCP port (0 to 65535)")
+    return number

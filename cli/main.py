@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         default=os.environ.get("LIVECLASS_LOG_LEVEL"),
         help="DEBUG, INFO, WARNING or ERROR (env LIVECLASS_LOG_LEVEL; default "
         "INFO for the servers, WARNING for the demo, whose progress lines say "
@@ -76,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
+        # Bad settings and unusable ports or files: one line, no traceback.
         parser.exit(2, f"liveclass {args.command}: {exc}\n")
     return result
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
-from liveclass.cli.flags import flag, repeated
+from liveclass.cli.flags import flag, port, repeated
+
+log = logging.getLogger("liveclass.origin")
 
 
 def add_parser(commands: Any) -> None:
@@ -17,7 +20,7 @@ def add_parser(commands: Any) -> None:
     )
     env = "LIVECLASS_ORIGIN_"
     flag(p, "--host", env + "HOST", "127.0.0.1", "address to listen on")
-    flag(p, "--port", env + "PORT", 8800, "port to listen on", int)
+    flag(p, "--port", env + "PORT", 8800, "port to listen on", port)
     flag(p, "--api-key", env + "API_KEY", None, "admin API key (bearer)")
     flag(p, "--edge-key", env + "EDGE_KEY", None, "key edges register with")
     flag(p, "--database-url", env + "DATABASE_URL", None, "SQLAlchemy URL")
@@ -60,6 +63,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
     proxies = repeated(args, "trusted_proxy")
     if proxies:
         config.trusted_proxies = proxies
+    # Check the combination the flags made (TLS pair, proxy CIDRs), as a
+    # config built in one go would be.
+    config.__post_init__()
+    if not config.log_url:
+        log.warning(
+            "class log in process: edges in other processes cannot share it; "
+            "give --redis-url so that edges and this origin meet in Redis"
+        )
     return config
 
 

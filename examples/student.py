@@ -1,6 +1,6 @@
 """A student: join a class, say hello, print what happens, vote and answer.
 
-python examples/student.py --origin http://127.0.0.1:8080 --token TOKEN
+python examples/student.py --origin http://127.0.0.1:8800 --token TOKEN
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A teacher: open a poll, take hands, ask a quiz, then end the class.
 
-python examples/teacher.py --origin http://127.0.0.1:8080 --token TOKEN
+python examples/teacher.py --origin http://127.0.0.1:8800 --token TOKEN
 """
 
 from __future__ import annotations

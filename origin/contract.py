@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,7 +93,11 @@ class EdgeRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     edge_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    public_url: str = Field(description="http(s) base URL members connect to")
+    public_url: str = Field(
+        description="http(s) base URL members connect to",
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        max_length=2048,
+    )
     location: EdgeLocation
     capacity: int = Field(default=20000, ge=1)
 
@@ -104,10 +108,10 @@ class EdgeHeartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     members: int = Field(ge=0)
-    classes: dict[str, int] = Field(
+    classes: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="members per class on this edge"
     )
-    cpu: float = Field(default=0.0, ge=0)
+    cpu: float = Field(default=0.0, ge=0, le=1024)
     draining: bool = False
 
 

@@ -26,6 +26,7 @@ class APIErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 
@@ -40,6 +41,7 @@ STATUS: dict[APIErrorCode, int] = {
     APIErrorCode.METHOD_NOT_ALLOWED: 405,
     APIErrorCode.CONFLICT: 409,
     APIErrorCode.TOO_LARGE: 413,
+    APIErrorCode.UNAVAILABLE: 503,
     APIErrorCode.INTERNAL: 500,
 }
 """The HTTP status of each error code."""
@@ -71,6 +73,12 @@ def not_found(what: str) -> APIError:
 def conflict(message: str) -> APIError:
     """An error for a request the resource's current state forbids."""
     return APIError(APIErrorCode.CONFLICT, message)
+
+
+def unavailable(message: str) -> APIError:
+    """An error for a request a dependency (class log, store) cannot serve
+    now; the same request may succeed later."""
+    return APIError(APIErrorCode.UNAVAILABLE, message)
 
 
 def unauthorized(message: str) -> APIError:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from liveclass.origin.app import OriginServer, run_origin
-from liveclass.origin.classlog import MemoryClassLog
+from liveclass.origin.classlog import ClassLogError, MemoryClassLog
 from liveclass.origin.config import OriginConfig
 from liveclass.origin.tokens import KeyRing, TokenVerifier
 from liveclass.sdk.admin import (
@@ -442,3 +442,31 @@ def test_admin_client_needs_no_server_dependencies() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+
+
+async def test_end_with_the_class_log_down_changes_nothing_and_can_be_retried(
+    admin: AdminClient, memory_log: MemoryClassLog, class_id: str
+) -> None:
+    await admin.create_class("Flaky", class_id=class_id)
+    await admin.start_class(class_id)
+    real_append = memory_log.append
+
+    async def unreachable(*args: Any) -> Any:
+        raise ClassLogError("connection refused")
+
+    memory_log.append = unreachable  # type: ignore[method-assign]
+    with pytest.raises(AdminAPIError) as down:
+        await admin.end_class(class_id)
+    assert (down.value.status, down.value.code) == (503, "unavailable")
+    assert (await admin.get_class(class_id)).status is ClassStatus.LIVE
+
+    memory_log.append = real_append  # type: ignore[method-assign]
+    assert (await admin.end_class(class_id)).status is ClassStatus.ENDED
+    assert [e.type for e in await memory_log.read(class_id, 0)] == ["class.ended"]
+
+
+async def test_deeply_nested_json_is_a_bad_request(http: httpx.AsyncClient) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    response = await http.post("/v1/classes", content=nested, headers=ADMIN)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_json"

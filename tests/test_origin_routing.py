@@ -102,9 +102,15 @@ async def test_registry_and_heartbeats(start: Start) -> None:
         )
         assert answer.status_code == 401, "the admin key is not an edge key"
         answer = await http.post(
-            "/v1/edges", json={"edge_id": "e2", "public_url": "x"}, headers=EDGE
+            "/v1/edges",
+            json={"edge_id": "e2", "public_url": "http://127.0.0.1:9"},
+            headers=EDGE,
         )
         assert answer.json()["error"]["code"] == "missing_field"
+        not_a_url = {**registration("e2", TOKYO, 9002), "public_url": "javascript:1"}
+        answer = await http.post("/v1/edges", json=not_a_url, headers=EDGE)
+        assert answer.status_code == 422
+        assert "public_url" in answer.json()["error"]["message"]
 
     async with AdminClient(origin.url, API_KEY) as admin:
         [edge] = await admin.edges()

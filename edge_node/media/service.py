@@ -123,10 +123,10 @@ class MediaService:
         get_routes: list[tuple[str, Callable[[web.Request], Awaitable[Any]]]] = [
             ("/hls/master.m3u8", self._live_master),
             ("/hls/{rendition}/live.m3u8", self._live_playlist),
-            ("/hls/{rendition}/{segment:\\d+}.ts", self._segment),
+            ("/hls/{rendition}/{segment:\\d{1,9}}.ts", self._segment),
             ("/recording/master.m3u8", self._recording_master),
             ("/recording/{rendition}/vod.m3u8", self._vod_playlist),
-            ("/recording/{rendition}/{segment:\\d+}.ts", self._segment),
+            ("/recording/{rendition}/{segment:\\d{1,9}}.ts", self._segment),
         ]
         for path, handler in get_routes:
             app.router.add_get(PREFIX + path, handler, allow_head=False)

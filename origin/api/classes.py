@@ -10,8 +10,9 @@ from aiohttp import web
 
 from liveclass.origin.api.http import Auth, Operation, body, reply, state
 from liveclass.origin.api.models import ClassCreate, ClassInfo, ClassList, ClassStatus
+from liveclass.origin.classlog import ClassLogError
 from liveclass.origin.contract import Audience, LogEvent
-from liveclass.origin.errors import conflict, not_found
+from liveclass.origin.errors import conflict, not_found, unavailable
 from liveclass.origin.store import ClassExists
 
 logger = logging.getLogger(__name__)
@@ -75,18 +76,33 @@ async def start_class(request: web.Request) -> web.Response:
 async def end_class(request: web.Request) -> web.Response:
     """POST /v1/classes/{class_id}/end: end the class for every member.
 
-    The end is announced in the class log (edges close their members'
-    connections on it); the reconciler stops after persisting it.
+    The end is announced in the class log first (edges close their
+    members' connections on it), and only then recorded in the store: if the
+    log cannot be reached, nothing changed and the call can be repeated
+    (503). The reconciler stops after persisting the end.
     """
     origin = state(request)
     info = await load_class(request)
     before = info.status
-    if before is ClassStatus.ENDED or not await origin.store.transition(
-        info.id, before, ClassStatus.ENDED
-    ):
+    if before is ClassStatus.ENDED:
         raise conflict(f"class {info.id!r} has already ended")
     ended = LogEvent(type="class.ended", edge_id="origin", audience=Audience.ALL)
-    await origin.log.append(info.id, [ended])
+    try:
+        await origin.log.append(info.id, [ended])
+    except ClassLogError as exc:
+        logger.warning(
+            "class %s: cannot end, class log unreachable: %s",
+            info.id,
+            exc,
+            extra={"class_id": info.id},
+        )
+        raise unavailable(
+            f"the class log is unreachable ({exc}); the class is still "
+            f"{before.value}, try again"
+        ) from None
+    # The reconciler may have stored the end from the entry just appended;
+    # either way the class is ended now.
+    await origin.store.transition(info.id, before, ClassStatus.ENDED)
     logger.info("class %s ended", info.id, extra={"class_id": info.id})
     return reply(await load_class(request))
 
@@ -137,7 +153,7 @@ OPERATIONS = [
         "End a class",
         Auth.ADMIN,
         ClassInfo,
-        errors=(401, 404, 409),
+        errors=(401, 404, 409, 503),
     ),
 ]
 """The class operations of the API."""

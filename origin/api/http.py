@@ -107,6 +107,10 @@ async def body(request: web.Request, model: type[M]) -> M:
         data = json.loads(raw) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(APIErrorCode.BAD_JSON, f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(
+            APIErrorCode.BAD_JSON, "the body nests too deeply to be a request"
+        ) from None
     if not isinstance(data, dict):
         raise APIError(APIErrorCode.BAD_JSON, "the body must be a JSON object")
     try:
