@@ -78,6 +78,29 @@ def test_chat_rate_limit_allows_a_burst_then_refuses(cls: Class) -> None:
         assert cls.send(TEACHER, type="chat.send", text="x")[0] is not None
 
 
+def test_leaving_and_coming_back_buys_no_fresh_burst(cls: Class) -> None:
+    for _ in range(5):
+        cls.send(ANN, type="chat.send", text="x")
+    cls.validator.forget(ANN.user_id, cls.now)  # Ann's last connection closes
+    assert cls.send(ANN, type="chat.send", text="x") == ["rate_limited"]
+
+    cls.now += 10.0  # refilled: now the edge may drop what it kept about her
+    cls.validator.forget(ANN.user_id, cls.now)
+    assert ANN.user_id not in cls.validator.chat_limit._buckets
+    for _ in range(5):
+        assert cls.send(ANN, type="chat.send", text="x")[0].type == "chat.message"
+
+
+def test_a_second_poll_in_the_same_tick_is_refused(cls: Class) -> None:
+    question = {"type": "poll.open", "question": "Q?", "options": ["a", "b"]}
+    first = cls.validator.check(
+        cls.state, TEACHER, CLIENT_MESSAGE.validate_python(question), cls.now
+    )
+    assert [e.type for e in first.entries] == ["poll.opened"]
+    # Not folded yet: the log has not answered within this tick.
+    assert cls.send(TEACHER, **question) == ["conflict"]
+
+
 def test_chat_too_long_and_blank(cls: Class) -> None:
     assert cls.send(ANN, type="chat.send", text="x" * 501) == ["too_long"]
     assert cls.send(ANN, type="chat.send", text="   ") == ["invalid"]

@@ -71,9 +71,11 @@ class RateLimiter:
         self.burst = burst
         self.rate = burst / per_s
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._departed: set[str] = set()
 
     def allow(self, user_id: str, now: float) -> bool:
         """Take one token for ``user_id`` if it has one."""
+        self._departed.discard(user_id)
         tokens, last = self._buckets.get(user_id, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens < 1.0:
@@ -82,9 +84,23 @@ class RateLimiter:
         self._buckets[user_id] = (tokens - 1.0, now)
         return True
 
-    def forget(self, user_id: str) -> None:
-        """Drop the bucket of a member who left this edge."""
-        self._buckets.pop(user_id, None)
+    def forget(self, user_id: str, now: float) -> None:
+        """Drop the bucket of a member who left this edge, once it has
+        refilled: leaving and coming back must not buy a fresh burst."""
+        self._departed.add(user_id)
+        # Sweep a few departed members per call: bounded work, and buckets
+        # of members who never come back do not pile up.
+        for gone in list(self._departed)[:8]:
+            if self._full(gone, now):
+                self._departed.discard(gone)
+                self._buckets.pop(gone, None)
+
+    def _full(self, user_id: str, now: float) -> bool:
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            return True
+        tokens, last = bucket
+        return tokens + (now - last) * self.rate >= self.burst
 
 
 class SlowMode:
@@ -106,6 +122,12 @@ class SlowMode:
         """Record that ``user_id`` sent a message at ``now``."""
         self._last[user_id] = now
 
-    def forget(self, user_id: str) -> None:
-        """Drop the record of a member who left this edge."""
-        self._last.pop(user_id, None)
+    def forget(self, user_id: str, now: float, longest_s: float = 3600.0) -> None:
+        """Drop the record of a member who left this edge, unless it may
+        still bind: leaving and coming back must not skip the wait.
+
+        ``longest_s`` is the longest slow-mode interval there can be.
+        """
+        last = self._last.get(user_id)
+        if last is not None and now - last >= longest_s:
+            del self._last[user_id]

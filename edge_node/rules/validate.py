@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,10 @@ from liveclass.edge_node.rules.state import ClassState
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.sdk import protocol as p
 from liveclass.sdk.protocol import MAX_CHAT_CHARS, ErrorCode, Event, Member, Role
+
+OPENING_S = 2.0
+"""How long a poll accepted on this edge counts as open before the state has
+folded it back from the class log."""
 
 
 def error_event(code: ErrorCode, message: str, ref: str | None = None) -> Event:
@@ -51,12 +56,15 @@ class Validator:
         self.action_limit = action_limit or RateLimiter(burst=20, per_s=10.0)
         self.slow_mode = SlowMode()
         self._answered: set[tuple[str, str]] = set()
+        self._poll_opened_at = float("-inf")
 
-    def forget(self, user_id: str) -> None:
-        """Drop what this edge kept about a member who left it."""
-        self.chat_limit.forget(user_id)
-        self.action_limit.forget(user_id)
-        self.slow_mode.forget(user_id)
+    def forget(self, user_id: str, now: float | None = None) -> None:
+        """Drop what this edge kept about a member who left it, once it can
+        no longer limit them (``now`` on the clock :meth:`check` gets)."""
+        now = time.time() if now is None else now
+        self.chat_limit.forget(user_id, now)
+        self.action_limit.forget(user_id, now)
+        self.slow_mode.forget(user_id, now)
 
     def check(self, state: ClassState, member: Member, msg: Any, now: float) -> Outcome:
         """Check ``msg`` (a parsed client message) sent by ``member`` at ``now``."""
@@ -167,8 +175,12 @@ class Validator:
     # --- polls -----------------------------------------------------------
 
     def _poll_open(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
-        if state.polls.open is not None:
+        # A poll accepted here reaches the state only when its entry comes
+        # back from the log, a tick or two later: until then it is opening.
+        opening = now - self._poll_opened_at < OPENING_S
+        if state.polls.open is not None or opening:
             return error_event(ErrorCode.CONFLICT, "close the open poll first", msg.ref)
+        self._poll_opened_at = now
         closes_at = now + msg.duration_s if msg.duration_s else None
         data = {
             "poll_id": uuid.uuid4().hex[:12],
