@@ -36,6 +36,9 @@ class TokenClaims(BaseModel):
     exp: int
     iat: int
     jti: str
+    max: int | None = Field(
+        default=None, ge=1, description="the class's size limit, for edges"
+    )
 
 
 class Audience(StrEnum):

@@ -111,10 +111,14 @@ class KeyRing:
         name: str,
         role: Role,
         ttl_s: float = 4 * 3600,
+        max_members: int | None = None,
     ) -> str:
-        """Sign a join token for one member of one class."""
+        """Sign a join token for one member of one class.
+
+        ``max_members`` is the class's size limit, which edges enforce.
+        """
         now = int(time.time())
-        claims = {
+        claims: dict[str, Any] = {
             "iss": TOKEN_ISSUER,
             "sub": user_id,
             "cls": class_id,
@@ -124,6 +128,8 @@ class KeyRing:
             "exp": now + int(ttl_s),
             "jti": uuid.uuid4().hex,
         }
+        if max_members is not None:
+            claims["max"] = max_members
         return jwt.encode(
             claims,
             self.current.private,

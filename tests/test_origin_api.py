@@ -130,6 +130,7 @@ async def test_tokens_verify_with_published_keys(
     claims = TokenVerifier(keys).verify(issued.token)
     assert (claims.sub, claims.cls, claims.role) == ("t1", class_id, Role.TEACHER)
     assert claims.exp == int(issued.expires_at)
+    assert claims.max == (await admin.get_class(class_id)).max_members
 
     specs = [TokenSpec(user_id=f"s{i}", name=f"Student {i}") for i in range(25)]
     bulk = await admin.mint_tokens(class_id, specs)

@@ -39,12 +39,18 @@ async def _open_class(request: web.Request) -> ClassInfo:
 
 
 def _mint(
-    keyring: KeyRing, class_id: str, wanted: list[TokenRequest]
+    keyring: KeyRing, info: ClassInfo, wanted: list[TokenRequest]
 ) -> list[tuple[str, int]]:
-    """Sign tokens; each with its ``exp`` as signed, not as guessed."""
+    """Sign tokens; each with its ``exp`` as signed, not as guessed.
+
+    The class's size limit travels in each token, so that edges enforce it
+    without asking the origin.
+    """
     signed = []
     for w in wanted:
-        token = keyring.mint(class_id, w.user_id, w.name, w.role, w.ttl_s)
+        token = keyring.mint(
+            info.id, w.user_id, w.name, w.role, w.ttl_s, max_members=info.max_members
+        )
         claims = jwt.decode(token, options={"verify_signature": False})
         signed.append((token, int(claims["exp"])))
     return signed
@@ -54,7 +60,7 @@ async def mint_token(request: web.Request) -> web.Response:
     """POST /v1/classes/{class_id}/tokens: one join token."""
     wanted = await body(request, TokenRequest)
     info = await _open_class(request)
-    [(token, expires)] = _mint(state(request).keyring, info.id, [wanted])
+    [(token, expires)] = _mint(state(request).keyring, info, [wanted])
     return reply(TokenIssued(token=token, expires_at=expires))
 
 
@@ -66,7 +72,7 @@ async def mint_tokens(request: web.Request) -> web.Response:
     tokens: list[BulkToken] = []
     for start in range(0, len(wanted.members), _CHUNK):
         chunk = wanted.members[start : start + _CHUNK]
-        signed = await asyncio.to_thread(_mint, keyring, info.id, chunk)
+        signed = await asyncio.to_thread(_mint, keyring, info, chunk)
         tokens.extend(
             BulkToken(user_id=w.user_id, token=token, expires_at=expires)
             for w, (token, expires) in zip(chunk, signed, strict=True)
