@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
-from liveclass.cli.flags import flag, repeated
+from liveclass.cli.flags import flag, port, repeated
 
 
 def add_parser(commands: Any) -> None:
@@ -18,7 +18,7 @@ def add_parser(commands: Any) -> None:
     env = "LIVECLASS_EDGE_"
     flag(p, "--edge-id", env + "ID", "edge-1", "this edge's name in the registry")
     flag(p, "--host", env + "HOST", "127.0.0.1", "address to listen on")
-    flag(p, "--port", env + "PORT", 8801, "port to listen on", int)
+    flag(p, "--port", env + "PORT", 8801, "port to listen on", port)
     flag(p, "--public-url", env + "PUBLIC_URL", "", "URL members reach us at")
     flag(p, "--origin-url", env + "ORIGIN_URL", "http://127.0.0.1:8800", "origin")
     flag(p, "--edge-key", env + "KEY", "", "key to register with the origin")
@@ -47,6 +47,21 @@ def add_parser(commands: Any) -> None:
         None,
         "STUN or TURN URL (none unless given)",
         repeat=True,
+    )
+    flag(
+        p,
+        "--workers",
+        env + "WORKERS",
+        1,
+        "processes sharing the port (more than 1 needs --redis-url)",
+        int,
+    )
+    flag(
+        p,
+        "--loop",
+        env + "LOOP",
+        "auto",
+        "event loop: auto (uvloop when installed), asyncio or uvloop",
     )
     p.add_argument(
         "--no-transcode", action="store_true", help="do not ingest media here"
@@ -83,12 +98,28 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the edge until SIGINT or SIGTERM."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    if not args.redis_url:
+        logging.getLogger("liveclass.edge_node").warning(
+            "class log in process: no other edge and no origin can see this "
+            "edge's classes; give --redis-url to join a fleet"
+        )
     from liveclass.cli.main import serve_until_signalled
     from liveclass.edge_node.app import run_edge
+    from liveclass.edge_node.workers import check_workers, run_loop, run_workers
+
+    if args.loop not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"--loop {args.loop}: choose auto, asyncio or uvloop")
+    config = config_from_args(args)
+    check_workers(config, args.workers)
+    if args.workers > 1:
+        status: int = run_workers(config, args.workers, args.loop)
+        return status
 
     async def serve() -> None:
-        runner = await run_edge(config_from_args(args))
+        runner = await run_edge(config)
         await serve_until_signalled(runner)
 
-    asyncio.run(serve())
+    run_loop(serve(), args.loop)
     return 0

@@ -20,15 +20,21 @@ from liveclass.edge_node.context import EdgeContext
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.node import EdgeNode
 from liveclass.edge_node.origin_link import OriginLink
-from liveclass.edge_node.ws import NODE_KEY, handle_ws
+from liveclass.edge_node.tokencheck import LeanTokenVerifier
+from liveclass.edge_node.wsserver import MemberServer, MemberSite
 from liveclass.origin.classlog import ClassLog, open_log
 from liveclass.origin.contract import EdgeHeartbeat
-from liveclass.origin.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
 
 CONTEXT_KEY: web.AppKey[EdgeContext] = web.AppKey("edge_context", EdgeContext)
 """Where the app keeps the :class:`EdgeContext` its parts share."""
+
+NODE_KEY: web.AppKey[EdgeNode] = web.AppKey("edge_node", EdgeNode)
+"""Where the app keeps its :class:`~liveclass.edge_node.node.EdgeNode`."""
+
+MEMBERS_KEY: web.AppKey[MemberServer] = web.AppKey("edge_members", MemberServer)
+"""Where the app keeps the :class:`MemberServer` of its WebSocket members."""
 
 
 def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Application:
@@ -41,7 +47,7 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
     owns_log = log is None
     class_log = log if log is not None else open_log(config.log_url)
     metrics = Metrics()
-    verifier = TokenVerifier()
+    verifier = LeanTokenVerifier()
     batcher = Batcher(class_log, on_appended=metrics.appended)
     node = EdgeNode(config, class_log, verifier, batcher, metrics)
     http = aiohttp.ClientSession()
@@ -51,13 +57,17 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
     link = OriginLink(config, verifier, http, lambda: _heartbeat(node))
     node.refresh_keys = link.refresh_keys_soon
 
+    members = MemberServer(node)
     app = web.Application()
     app[NODE_KEY] = node
+    app[MEMBERS_KEY] = members
     app[CONTEXT_KEY] = ctx
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/v1/ping", _ping)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/v1/ws", handle_ws)
+    # The MemberSite serves GET /v1/ws on new connections; this route sees
+    # only upgrades sent on a connection aiohttp already served.
+    app.router.add_get("/v1/ws", _ws_on_reused_connection)
 
     # Imported here: the media service pulls in WebRTC and codec libraries
     # that the rest of this module does not need.
@@ -84,10 +94,28 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
         # Close members before the server cancels their handlers, so they
         # get GOING_AWAY and their member.left entries are flushed.
         await node.close()
+        await members.close()
 
     app.on_shutdown.append(on_shutdown)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _fresh(response: web.Response) -> web.Response:
+    # Closing after probes and checks keeps their connections from being
+    # reused for a WebSocket upgrade, which must reach the member server's
+    # sniffer on a connection of its own.
+    response.force_close()
+    return response
+
+
+async def _ws_on_reused_connection(request: web.Request) -> web.Response:
+    return _fresh(
+        web.Response(
+            status=400,
+            text="open a new connection for the WebSocket upgrade",
+        )
+    )
 
 
 def _heartbeat(node: EdgeNode) -> EdgeHeartbeat:
@@ -100,22 +128,26 @@ def _heartbeat(node: EdgeNode) -> EdgeHeartbeat:
 
 async def _healthz(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    return web.json_response(
-        {"ok": True, "edge_id": node.config.edge_id, "members": node.connections}
+    return _fresh(
+        web.json_response(
+            {"ok": True, "edge_id": node.config.edge_id, "members": node.connections}
+        )
     )
 
 
 async def _ping(request: web.Request) -> web.Response:
     # Probed by browsers on other origins to measure round-trip time.
-    return web.Response(
-        text="pong",
-        headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"},
+    return _fresh(
+        web.Response(
+            text="pong",
+            headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"},
+        )
     )
 
 
 async def _metrics(request: web.Request) -> web.Response:
     text = request.app[NODE_KEY].metrics.render()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    return _fresh(web.Response(text=text, content_type="text/plain", charset="utf-8"))
 
 
 @dataclass
@@ -136,10 +168,13 @@ class EdgeRunner:
         await self.runner.cleanup()
 
 
-async def run_edge(config: EdgeConfig, log: ClassLog | None = None) -> EdgeRunner:
+async def run_edge(
+    config: EdgeConfig, log: ClassLog | None = None, reuse_port: bool = False
+) -> EdgeRunner:
     """Serve an edge on ``config.host:config.port`` (TLS with cert and key).
 
-    Returns once listening; the caller stops it with :meth:`EdgeRunner.stop`.
+    ``reuse_port`` lets worker processes share the port. Returns once
+    listening; the caller stops it with :meth:`EdgeRunner.stop`.
     """
     app = build_app(config, log)
     # Members that do not answer a close handshake must not hold up a stop.
@@ -149,7 +184,15 @@ async def run_edge(config: EdgeConfig, log: ClassLog | None = None) -> EdgeRunne
     if config.tls_cert and config.tls_key:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.tls_cert, config.tls_key)
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
+    site = MemberSite(
+        runner,
+        app[MEMBERS_KEY],
+        config.host,
+        config.port,
+        ssl_context=context,
+        backlog=4096,
+        reuse_port=reuse_port,
+    )
     await site.start()
     scheme = "https" if context else "http"
     url = f"{scheme}://{config.host}:{config.port}"

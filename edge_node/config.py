@@ -38,6 +38,9 @@ class EdgeConfig:
     ice_public_ip: str | None = None
     ice_servers: list[str] = field(default_factory=list)
     heartbeat_s: float = 2.0
+    # Whether this process registers with the origin and sends heartbeats;
+    # worker processes leave that to their parent, which sums their load.
+    register: bool = True
     transcode: bool = True
 
     @property

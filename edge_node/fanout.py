@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from liveclass.origin.contract import Audience, LogEvent
-from liveclass.sdk.protocol import Event, Member
+from liveclass.sdk.protocol import Event, Member, Role
 
 # Fields of an entry that only staff may see before the item closes.
 _STAFF_FIELDS: dict[str, tuple[str, ...]] = {"quiz.asked": ("correct",)}
@@ -61,10 +61,9 @@ def frame_json(seq_from: int | None, seq_to: int | None, events: Iterable[str]) 
     Built by hand so that an event encoded once is shared by every variant
     of a frame instead of being encoded again for each.
     """
-    return (
-        f'{{"seq_from":{json.dumps(seq_from)},"seq_to":{json.dumps(seq_to)},'
-        f'"events":[{",".join(events)}]}}'
-    )
+    start = "null" if seq_from is None else int(seq_from)
+    end = "null" if seq_to is None else int(seq_to)
+    return f'{{"seq_from":{start},"seq_to":{end},"events":[{",".join(events)}]}}'
 
 
 def visible(entry: LogEvent, member: Member) -> bool:
@@ -77,6 +76,16 @@ def visible(entry: LogEvent, member: Member) -> bool:
     if member.role.is_staff:
         return True
     return audience is Audience.USER and entry.user == member.user_id
+
+
+MAX_OUT_FRAME_BYTES = 32 * 1024
+"""The largest frame the edge sends, unless one event alone is larger.
+
+Coalesced batches are split across frames at this size, each frame starting
+where the previous one ended."""
+
+Item = tuple[int, str]
+"""One encoded event and the log position a frame covers once it is in."""
 
 
 class Batch:
@@ -98,60 +107,170 @@ class Batch:
     ) -> None:
         self.seq_from = seq_from
         self.seq_to = seq_to
-        self._all: list[str] = []
-        self._staff: list[str] = []
-        self._user: dict[str, list[tuple[int, str]]] = {}
-        all_views = [view_json(v) for v in views_all]
+        self._all: list[Item] = []
+        self._staff: list[Item] = []
+        self._user: dict[str, list[tuple[int, Item]]] = {}
         for entry in entries:
             audience = entry.audience
             if audience is Audience.EDGES:
                 continue
             staff_json = event_json(entry, staff=True)
-            self._staff.append(staff_json)
+            self._staff.append((entry.seq, staff_json))
             if audience is Audience.ALL:
                 student_json = (
                     staff_json
                     if entry.type not in _STAFF_FIELDS
                     else event_json(entry, staff=False)
                 )
-                self._all.append(student_json)
+                self._all.append((entry.seq, student_json))
             elif audience is Audience.USER and entry.user:
                 # Remember where it goes among the students' events.
                 mine = self._user.setdefault(entry.user, [])
-                mine.append((len(self._all), staff_json))
-        self._staff += all_views + [view_json(v) for v in views_staff]
+                mine.append((len(self._all), (entry.seq, staff_json)))
+        # Views are computed at seq_to: a frame holding one covers the batch.
+        all_views = [(seq_to, view_json(v)) for v in views_all]
+        self._staff += all_views + [(seq_to, view_json(v)) for v in views_staff]
+        self._entries_all = self._all
         self._views_all = all_views
+        self._all = self._all + all_views
         self._views_user = {
-            u: [view_json(v) for v in vs] for u, vs in (views_user or {}).items()
+            u: [(seq_to, view_json(v)) for v in vs]
+            for u, vs in (views_user or {}).items()
         }
         self._encoded: dict[str, str] = {}
 
     def __bool__(self) -> bool:
         return bool(self._staff or self._all or self._views_user)
 
-    def for_member(self, member: Member) -> str:
-        """The encoded frame for ``member``."""
+    @property
+    def personal(self) -> Iterable[str]:
+        """Users with something of their own in this batch."""
+        return self._user.keys() | self._views_user.keys()
+
+    @property
+    def for_students(self) -> bool:
+        """Whether students see anything of this batch."""
+        return bool(self._all or self._user or self._views_user)
+
+    def items(self, member: Member) -> list[Item]:
+        """What ``member`` sees of this batch, in order."""
         user_id = member.user_id
         own_views = self._views_user.get(user_id)
         if member.role.is_staff:
-            if own_views:
-                return frame_json(self.seq_from, self.seq_to, self._staff + own_views)
-            return self._cached("staff", self._staff)
+            return self._staff + own_views if own_views else self._staff
         own = self._user.get(user_id)
         if not own and not own_views:
-            return self._cached("all", self._all + self._views_all)
-        events = list(self._all)
-        for offset, (index, text) in enumerate(own or ()):
-            events.insert(index + offset, text)
-        return frame_json(
-            self.seq_from, self.seq_to, events + self._views_all + (own_views or [])
-        )
+            return self._all
+        events = list(self._entries_all)
+        for offset, (index, item) in enumerate(own or ()):
+            events.insert(index + offset, item)
+        return events + self._views_all + (own_views or [])
 
-    def _cached(self, key: str, events: list[str]) -> str:
-        text = self._encoded.get(key)
-        if text is None:
-            text = self._encoded[key] = frame_json(self.seq_from, self.seq_to, events)
-        return text
+    def for_member(self, member: Member) -> str:
+        """The encoded frame for ``member`` (shared text for shared variants)."""
+        user_id = member.user_id
+        staff = member.role.is_staff
+        if user_id not in self._views_user and (staff or user_id not in self._user):
+            key = "staff" if staff else "all"
+            text = self._encoded.get(key)
+            if text is None:
+                text = self._encoded[key] = frame_items(
+                    self.seq_from, self.seq_to, self.items(member)
+                )
+            return text
+        return frame_items(self.seq_from, self.seq_to, self.items(member))
+
+
+def frame_items(seq_from: int, seq_to: int, items: Sequence[Item]) -> str:
+    """One frame of already-encoded items."""
+    return frame_json(seq_from, seq_to, [text for _, text in items])
+
+
+def split_items(
+    seq_from: int, seq_to: int, items: Sequence[Item], limit: int
+) -> list[str]:
+    """Frames covering ``(seq_from, seq_to]`` with ``items``, each under ``limit``.
+
+    A frame ends where its last item's position is, and the next one starts
+    there: the chain of ranges stays contiguous. An item alone over the
+    limit gets a frame of its own.
+    """
+    frames: list[str] = []
+    start = seq_from
+    chunk: list[str] = []
+    size = 64
+    last = seq_from
+    for pos, text in items:
+        if chunk and size + len(text) + 1 > limit:
+            frames.append(frame_json(start, last, chunk))
+            start, chunk, size = last, [], 64
+        chunk.append(text)
+        size += len(text) + 1
+        last = pos
+    frames.append(frame_json(start, seq_to, chunk))
+    return frames
+
+
+class Outgoing:
+    """Consecutive batches coalesced into frames, encoded once per variant.
+
+    A variant is what one kind of member sees from one log position on:
+    staff, students, or one student with something of its own. Members
+    that joined between two batches start at a later batch.
+    """
+
+    def __init__(self, batches: Sequence[Batch], limit: int) -> None:
+        self.batches = batches
+        self.limit = limit
+        self.seq_to = batches[-1].seq_to if batches else 0
+        # The first batch from a position: views-only batches start and
+        # end at one, and come before the entries after it.
+        self._index: dict[int, int] = {}
+        for i, batch in enumerate(batches):
+            self._index.setdefault(batch.seq_from, i)
+        personal: set[str] = set()
+        for batch in batches:
+            personal.update(batch.personal)
+        self.personal = personal
+        self._cache: dict[tuple[bool, int], list[str]] = {}
+
+    def start_of(self, seq: int) -> int:
+        """Index of the first batch after log position ``seq``."""
+        index = self._index.get(seq)
+        if index is None:
+            # After everything pending (a member who joined at the end).
+            return len(self.batches)
+        return index
+
+    def shared(self, staff: bool, start: int) -> list[str]:
+        """Frames for plain staff or plain students from batch ``start`` on."""
+        key = (staff, start)
+        frames = self._cache.get(key)
+        if frames is None:
+            member = _STAFF if staff else _STUDENT
+            frames = self._cache[key] = self._frames(member, start)
+        return frames
+
+    def personal_frames(self, member: Member, start: int) -> list[str]:
+        """Frames for one member with something of its own."""
+        return self._frames(member, start)
+
+    def empty_for_students(self, start: int) -> bool:
+        """Whether no student sees anything from batch ``start`` on."""
+        return not any(b.for_students for b in self.batches[start:])
+
+    def _frames(self, member: Member, start: int) -> list[str]:
+        batches = self.batches[start:]
+        if not batches:
+            return []
+        items: list[Item] = []
+        for batch in batches:
+            items += batch.items(member)
+        return split_items(batches[0].seq_from, self.seq_to, items, self.limit)
+
+
+_STAFF = Member(user_id="", name="", role=Role.TEACHER)
+_STUDENT = Member(user_id="", name="", role=Role.STUDENT)
 
 
 def member_frames(

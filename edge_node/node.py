@@ -120,6 +120,21 @@ class EdgeNode:
     async def admit(self, query: Mapping[str, str]) -> Admission | Refusal:
         """Check a connection's query parameters (``token``, ``v``,
         ``last_seq``, optional ``class_id``) before it joins a class."""
+        try:
+            return self.admit_now(query)
+        except UnknownKey:
+            if self.refresh_keys is None or not await self.refresh_keys():
+                return Refusal(CloseCode.BAD_TOKEN, "token refused: unknown key")
+            return self.admit_now(query, refreshed=True)
+
+    def admit_now(
+        self, query: Mapping[str, str], refreshed: bool = False
+    ) -> Admission | Refusal:
+        """:meth:`admit` without waiting.
+
+        Raises :class:`UnknownKey` when the token names a key this edge does
+        not know yet and fetching keys could help (not ``refreshed`` yet).
+        """
         if query.get("v") != str(PROTOCOL_VERSION):
             return Refusal(
                 CloseCode.VERSION_UNSUPPORTED,
@@ -130,7 +145,11 @@ class EdgeNode:
         if not token:
             return Refusal(CloseCode.BAD_TOKEN, "no token: pass ?token=<join token>")
         try:
-            claims = await self._verify(token)
+            claims = self.verifier.verify(token)
+        except UnknownKey as exc:
+            if not refreshed and self.refresh_keys is not None:
+                raise
+            return Refusal(CloseCode.BAD_TOKEN, f"token refused: {exc}"[:120])
         except TokenExpired:
             return Refusal(CloseCode.TOKEN_EXPIRED, "token expired; ask for a new one")
         except TokenError as exc:
@@ -159,14 +178,6 @@ class EdgeNode:
             )
         member = Member(user_id=claims.sub, name=claims.name, role=claims.role)
         return Admission(member, claims.cls, last_seq)
-
-    async def _verify(self, token: str) -> Any:
-        try:
-            return self.verifier.verify(token)
-        except UnknownKey:
-            if self.refresh_keys is None or not await self.refresh_keys():
-                raise
-            return self.verifier.verify(token)
 
     def room(self, class_id: str) -> ClassRoom:
         """The class room of ``class_id``, opened (and its reader started) if new."""
@@ -204,17 +215,42 @@ class EdgeNode:
             )
         if refusal is not None:
             return Refusal(*refusal)
-        await self.batcher.add(
+        self.batcher.add_now(
+            admission.class_id, [self._presence_entry("member.joined", sink.member)]
+        )
+        return room
+
+    def join_now(self, admission: Admission, sink: Sink) -> ClassRoom | Refusal | None:
+        """:meth:`join` without waiting, when it can: a new member (no
+        ``last_seq``) of a class whose room is ready. None: use :meth:`join`."""
+        if admission.last_seq is not None:
+            return None
+        room = self.rooms.get(admission.class_id)
+        if room is None or room.stopped or not room.ready.is_set():
+            return None
+        refusal = room.join_now(sink, self.config.class_limit)
+        if refusal is not None:
+            return Refusal(*refusal)
+        self.batcher.add_now(
             admission.class_id, [self._presence_entry("member.joined", sink.member)]
         )
         return room
 
     async def leave(self, room: ClassRoom, sink: Sink) -> None:
-        """Forget a member whose connection closed."""
-        if room.detach(sink):
-            await self.batcher.add(
-                room.class_id, [self._presence_entry("member.left", sink.member)]
-            )
+        """Forget a member whose connection, once joined, closed."""
+        self.leave_now(room, sink)
+
+    def leave_now(self, room: ClassRoom, sink: Sink) -> None:
+        """:meth:`leave` for callers that cannot await.
+
+        Call it once per connection that joined: its ``member.left`` is
+        written even when the room already let it go (closed as too slow),
+        so that presence counts every connection out that it counted in.
+        """
+        room.detach(sink)
+        self.batcher.add_now(
+            room.class_id, [self._presence_entry("member.left", sink.member)]
+        )
 
     def _presence_entry(self, type_: str, member: Member) -> LogEvent:
         data: dict[str, Any] = {"user_id": member.user_id}
@@ -231,7 +267,11 @@ class EdgeNode:
     # --- client messages -------------------------------------------------
 
     async def receive(self, room: ClassRoom, sink: Sink, raw: str) -> None:
-        """Handle one text message from ``sink``'s member.
+        """Handle one text message from ``sink``'s member."""
+        self.receive_now(room, sink, raw)
+
+    def receive_now(self, room: ClassRoom, sink: Sink, raw: str) -> None:
+        """Handle one text message from ``sink``'s member, without waiting.
 
         Refused messages are answered with an error view; the caller has
         already closed connections whose message was too big.
@@ -243,7 +283,7 @@ class EdgeNode:
         else:
             outcome = room.validator.check(room.state, sink.member, msg, time.time())
             if outcome.entries:
-                await self.batcher.add(room.class_id, outcome.entries)
+                self.batcher.add_now(room.class_id, outcome.entries)
             outcome_reply = outcome.reply
         for event in outcome_reply:
             if event.type == "error":

@@ -48,11 +48,13 @@ class OriginLink:
         self._extra = {"edge_id": config.edge_id}
 
     def start(self) -> None:
-        """Start the key refresher and the registration/heartbeat loop."""
-        self._tasks = [
-            asyncio.create_task(self._keys_loop(), name="edge-keys"),
-            asyncio.create_task(self._registry_loop(), name="edge-registry"),
-        ]
+        """Start the key refresher and (unless ``config.register`` is off) the
+        registration/heartbeat loop."""
+        self._tasks = [asyncio.create_task(self._keys_loop(), name="edge-keys")]
+        if self.config.register:
+            self._tasks.append(
+                asyncio.create_task(self._registry_loop(), name="edge-registry")
+            )
 
     async def stop(self) -> None:
         """Stop both loops."""

@@ -9,13 +9,24 @@ knows members only as :class:`~liveclass.edge_node.fanout.Sink` objects.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
+
+from pydantic_core import to_json
 
 from liveclass.edge_node.context import Appender
-from liveclass.edge_node.fanout import Batch, Sink, frame_json, member_frames, single
+from liveclass.edge_node.fanout import (
+    MAX_OUT_FRAME_BYTES,
+    Batch,
+    Outgoing,
+    Sink,
+    frame_json,
+    member_frames,
+)
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.state import Folded
@@ -23,9 +34,11 @@ from liveclass.edge_node.rules.validate import closing_entry
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.origin.results.quizzes import QuizResult
-from liveclass.sdk.protocol import CloseCode, Event, Member
+from liveclass.sdk.protocol import CloseCode, Event, Member, Role
 
 logger = logging.getLogger(__name__)
+
+_PLAIN_STUDENT = Member(user_id="", name="", role=Role.STUDENT)
 
 LogHook = Callable[[str, LogEvent], Awaitable[None]]
 
@@ -44,6 +57,27 @@ PRESENCE_HEARTBEAT_S = 10.0
 :data:`~liveclass.edge_node.rules.state.EDGE_TIMEOUT_S`."""
 
 READ_PAGE = 1000
+
+MIN_FLUSH_INTERVAL_S = 0.002
+"""The shortest time between two fan-out passes of one room."""
+
+FLUSH_REST_RATIO = 0.5
+"""Time left to other work after a pass, as a multiple of the pass's time.
+
+The next pass starts no sooner than this many pass-lengths after the last
+one ended, so fan-out takes at most two thirds of the core (at 0.5) and
+the rest goes to reading members and the log. Under light load passes are short and
+frames leave at once; under heavy load passes grow, more events wait for
+each, and one write carries many: the interval follows the load.
+"""
+
+MAX_DEFERRED = 64
+"""Batches with nothing for students held back before an empty frame goes.
+
+Staff-only batches (presence entries of a join storm) would otherwise cost
+a write to every student for a frame of no events; students get the range
+with their next frame instead.
+"""
 
 
 def _reraise_cancel() -> None:
@@ -79,6 +113,19 @@ class ClassRoom:
         self.ready = asyncio.Event()
         self.sinks: dict[str, list[Sink]] = {}
         self.connections = 0
+        self.pass_s = 0.0
+        # Members by fan-out group; dicts keep order and remove in O(1).
+        self._students: dict[Sink, None] = {}
+        self._staff: dict[Sink, None] = {}
+        # Joined since the last pass, with the log position of their first
+        # frames: the pending batches before it are not theirs.
+        self._newcomers: dict[Sink, int] = {}
+        self._pending: list[Batch] = []
+        self._deferred: list[Batch] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._next_flush_at = 0.0
+        self._snapshot_cache: tuple[ClassState, int, str] | None = None
+        self._edge_json = json.dumps(edge_id)
         self._append = append
         self._on_log_event = on_log_event
         self._metrics = metrics or Metrics()
@@ -118,6 +165,7 @@ class ClassRoom:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self.flush()
         for sinks in list(self.sinks.values()):
             for sink in sinks:
                 sink.close(CloseCode.GOING_AWAY, "edge shutting down")
@@ -189,9 +237,15 @@ class ClassRoom:
         self.state = ClassState(self.class_id)
         self._ring.clear()
         self._ring_floor = 0
+        self.flush()
         await self._catch_up()
-        for sinks in self.sinks.values():
-            for sink in sinks:
+        # Everyone starts over at the new position.
+        self._deferred = []
+        for sink in list(self._newcomers):
+            self._group(sink.member)[sink] = None
+        self._newcomers.clear()
+        for sinks in list(self.sinks.values()):
+            for sink in list(sinks):
                 self._offer(sink, self._reset_frame(sink.member))
 
     def _fold(self, entry: LogEvent) -> Folded:
@@ -257,10 +311,13 @@ class ClassRoom:
             views_staff=views_staff,
             views_user=views_user,
         )
-        # Every frame is sent, even an empty one, so that the members' range
+        # Every batch is sent, even an empty one, so that the members' range
         # stays contiguous when a batch held only internal entries.
         self._send(batch)
 
+        if any(f.removed is not None or f.ended for f in results):
+            # Those closed below must get the entry that closes them first.
+            self.flush()
         for folded in results:
             if folded.removed is not None:
                 for sink in list(self.sinks.get(folded.removed, ())):
@@ -294,14 +351,106 @@ class ClassRoom:
         return [Event(type="presence.count", data={"count": count})]
 
     def _send(self, batch: Batch) -> None:
-        for sinks in list(self.sinks.values()):
-            for sink in list(sinks):
-                self._offer(sink, batch.for_member(sink.member))
+        self._pending.append(batch)
+        if self._flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._next_flush_at - loop.time()
+        if delay > 0:
+            self._flush_handle = loop.call_later(delay, self.flush)
+        else:
+            self._flush_handle = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """One fan-out pass: every pending batch to every member, now.
+
+        Never awaits: each connection gets its frames in one go, each
+        variant encoded once. Members that cannot take them are closed as
+        too slow after the pass.
+        """
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending:
+            return
+        started = perf_counter()
+        batches = self._deferred + self._pending
+        staff_start = len(self._deferred)
+        self._pending = []
+        out = Outgoing(batches, MAX_OUT_FRAME_BYTES)
+        slow: list[Sink] = []
+        sent = self._pass(self._staff, out, True, staff_start, slow)
+        skip = out.empty_for_students(0) and len(batches) < MAX_DEFERRED
+        if skip:
+            self._deferred = batches
+        else:
+            self._deferred = []
+            sent += self._pass(self._students, out, False, 0, slow)
+        for sink, seq in list(self._newcomers.items()):
+            staff = sink.member.role.is_staff
+            if skip and not staff:
+                continue
+            del self._newcomers[sink]
+            self._group(sink.member)[sink] = None
+            start = out.start_of(seq)
+            if sink.member.user_id in out.personal:
+                frames = out.personal_frames(sink.member, start)
+            else:
+                frames = out.shared(staff, start)
+            for frame in frames:
+                if not sink.offer(frame):
+                    slow.append(sink)
+                    break
+            sent += len(frames)
+        self._metrics.frames_sent += sent
+        for sink in slow:
+            self._too_slow(sink)
+        self.pass_s = perf_counter() - started
+        rest = max(MIN_FLUSH_INTERVAL_S, self.pass_s * FLUSH_REST_RATIO)
+        self._next_flush_at = asyncio.get_running_loop().time() + rest
+
+    @staticmethod
+    def _pass(
+        group: dict[Sink, None],
+        out: Outgoing,
+        staff: bool,
+        start: int,
+        slow: list[Sink],
+    ) -> int:
+        # The hot loop: one shared list of frames for almost everyone.
+        shared = out.shared(staff, start)
+        personal = out.personal
+        sent = 0
+        for sink in group:
+            frames = shared
+            try:
+                if personal and sink.member.user_id in personal:
+                    frames = out.personal_frames(sink.member, start)
+                for frame in frames:
+                    if not sink.offer(frame):
+                        slow.append(sink)
+                        break
+            except Exception:
+                # One broken connection must not cost the others their
+                # frames; it is closed like a slow one (and can resume).
+                logger.exception(
+                    "sending to a member failed",
+                    extra={"user_id": sink.member.user_id},
+                )
+                slow.append(sink)
+            sent += len(frames)
+        return sent
+
+    def _group(self, member: Member) -> dict[Sink, None]:
+        return self._staff if member.role.is_staff else self._students
 
     def _offer(self, sink: Sink, frame: str) -> None:
         if sink.offer(frame):
             self._metrics.frames_sent += 1
             return
+        self._too_slow(sink)
+
+    def _too_slow(self, sink: Sink) -> None:
         self._metrics.send_queue_drops += 1
         logger.info(
             "member too slow; closing",
@@ -353,10 +502,8 @@ class ClassRoom:
             await self._append(self.class_id, [self._edge_entry()])
         views = self._presence_view()
         if views and self.connections:
-            frame = single(views, self.state.seq)
-            for sinks in list(self.sinks.values()):
-                for sink in list(sinks):
-                    self._offer(sink, frame)
+            seq = self.state.seq
+            self._send(Batch(seq, seq, [], views_all=views))
 
     def _edge_entry(self, reset: bool = False) -> LogEvent:
         data: dict[str, object] = {"count": self.connections}
@@ -430,13 +577,34 @@ class ClassRoom:
                 return refusal
             # From here to the end nothing awaits: no batch can slip between
             # the first frames and the live ones.
-            self.sinks.setdefault(sink.member.user_id, []).append(sink)
-            self.connections += 1
-            for frame in frames:
-                self._offer(sink, frame)
+            self._attach(sink, frames)
             return None
         finally:
             self._joining -= 1
+
+    def join_now(self, sink: Sink, class_limit: int) -> tuple[int, str] | None:
+        """Admit a new member (no ``last_seq``) to a ready room, without waiting.
+
+        The fast path of a join storm: the welcome goes out at once. Returns
+        why the member may not join, or None once it is in.
+        """
+        refusal = self.refusal(sink.member, class_limit)
+        if refusal is not None:
+            return refusal
+        self._attach(sink, [self._welcome_frame(sink.member)])
+        return None
+
+    def _attach(self, sink: Sink, frames: list[str]) -> None:
+        self.sinks.setdefault(sink.member.user_id, []).append(sink)
+        self.connections += 1
+        # Its first frames end at the current position; pending batches
+        # up to there are already in them.
+        self._newcomers[sink] = self.state.seq
+        for frame in frames:
+            if not sink.offer(frame):
+                self._too_slow(sink)
+                return
+        self._metrics.frames_sent += len(frames)
 
     async def _first_frames(self, member: Member, last_seq: int | None) -> list[str]:
         if last_seq is None:
@@ -475,13 +643,41 @@ class ClassRoom:
         return out
 
     def _welcome_frame(self, member: Member) -> str:
-        data = {
-            "snapshot": self.state.snapshot(member),
-            "member": member.model_dump(mode="json"),
-            "edge_id": self.edge_id,
-        }
-        event = Event(type="welcome", data=data).model_dump_json()
-        return frame_json(self.state.seq, self.state.seq, [event])
+        # Key order as Event.model_dump_json, so clients see one shape.
+        head = '{"type":"welcome","seq":null,"ts":0.0,"actor":null,"data":'
+        who = json.dumps(
+            {"user_id": member.user_id, "name": member.name, "role": member.role}
+        )
+        body = (
+            f'{{"snapshot":{self._snapshot_json(member)},'
+            f'"member":{who},"edge_id":{self._edge_json}}}'
+        )
+        return frame_json(self.state.seq, self.state.seq, [head + body + "}"])
+
+    def _snapshot_json(self, member: Member) -> str:
+        """The snapshot as JSON; the plain students' one is encoded once per
+        log position, as thousands join at the same one."""
+        state = self.state
+        if member.role.is_staff or self._has_own_state(member.user_id):
+            return to_json(state.snapshot(member)).decode()
+        cache = self._snapshot_cache
+        if cache is not None and cache[0] is state and cache[1] == state.seq:
+            return cache[2]
+        text = to_json(state.snapshot(_PLAIN_STUDENT)).decode()
+        self._snapshot_cache = (state, state.seq, text)
+        return text
+
+    def _has_own_state(self, user_id: str) -> bool:
+        # The personal fields of ClassState.snapshot: whether any of them
+        # differs from a student's who never did anything.
+        state = self.state
+        poll, quiz = state.polls.open, state.quizzes.open
+        return (
+            user_id in state.chat.muted
+            or user_id in state.quizzes.totals
+            or (poll is not None and user_id in poll.votes)
+            or (quiz is not None and user_id in quiz.answers)
+        )
 
     def _reset_frame(self, member: Member) -> str:
         data = {"snapshot": self.state.snapshot(member)}
@@ -494,6 +690,9 @@ class ClassRoom:
         if not sinks or sink not in sinks:
             return False
         sinks.remove(sink)
+        self._students.pop(sink, None)
+        self._staff.pop(sink, None)
+        self._newcomers.pop(sink, None)
         if not sinks:
             del self.sinks[sink.member.user_id]
             self.validator.forget(sink.member.user_id)

@@ -659,5 +659,9 @@ async def test_tls(
         ):
             first = Frame.model_validate_json((await ws.receive()).data)
             assert first.events[0].type == "welcome"
+            # Plain HTTPS on the same port is handed on to aiohttp.
+            async with session.get(f"{runner.url}/healthz", ssl=client_ctx) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["members"] == 1
     finally:
         await runner.stop()
