@@ -82,6 +82,7 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
         logger.info("edge started", extra={"edge_id": config.edge_id})
         yield
         await link.stop()
+        await link.farewell()
         await node.close()
         await batcher.stop()
         await media.close()

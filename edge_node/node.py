@@ -49,6 +49,9 @@ class Admission:
     member: Member
     class_id: str
     last_seq: int | None
+    class_limit: int
+    """Members the class may hold: the class's own size limit (carried by
+    the token) or this edge's, whichever is smaller."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,19 @@ class EdgeNode:
             return self.admit_now(query)
         except UnknownKey:
             if self.refresh_keys is None or not await self.refresh_keys():
-                return Refusal(CloseCode.BAD_TOKEN, "token refused: unknown key")
+                return self._no_key()
             return self.admit_now(query, refreshed=True)
+
+    def _no_key(self) -> Refusal:
+        if not self.verifier.kids:
+            # The origin has not been reached yet: the token may well be
+            # good, so the client should retry rather than give up on it.
+            return Refusal(
+                CloseCode.TRY_AGAIN_LATER,
+                "this edge has no signing keys yet (origin unreachable); "
+                "try again later or another edge",
+            )
+        return Refusal(CloseCode.BAD_TOKEN, "token refused: unknown key")
 
     def admit_now(
         self, query: Mapping[str, str], refreshed: bool = False
@@ -146,10 +160,10 @@ class EdgeNode:
             return Refusal(CloseCode.BAD_TOKEN, "no token: pass ?token=<join token>")
         try:
             claims = self.verifier.verify(token)
-        except UnknownKey as exc:
+        except UnknownKey:
             if not refreshed and self.refresh_keys is not None:
                 raise
-            return Refusal(CloseCode.BAD_TOKEN, f"token refused: {exc}"[:120])
+            return self._no_key()
         except TokenExpired:
             return Refusal(CloseCode.TOKEN_EXPIRED, "token expired; ask for a new one")
         except TokenError as exc:
@@ -177,7 +191,8 @@ class EdgeNode:
                 CloseCode.EDGE_FULL, "edge is full; try the next candidate edge"
             )
         member = Member(user_id=claims.sub, name=claims.name, role=claims.role)
-        return Admission(member, claims.cls, last_seq)
+        limit = min(self.config.class_limit, claims.max or self.config.class_limit)
+        return Admission(member, claims.cls, last_seq, limit)
 
     def room(self, class_id: str) -> ClassRoom:
         """The class room of ``class_id``, opened (and its reader started) if new."""
@@ -207,7 +222,7 @@ class EdgeNode:
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 refusal = await room.join(
-                    sink, admission.last_seq, self.config.class_limit
+                    sink, admission.last_seq, admission.class_limit
                 )
         except TimeoutError:
             return Refusal(
@@ -228,7 +243,7 @@ class EdgeNode:
         room = self.rooms.get(admission.class_id)
         if room is None or room.stopped or not room.ready.is_set():
             return None
-        refusal = room.join_now(sink, self.config.class_limit)
+        refusal = room.join_now(sink, admission.class_limit)
         if refusal is not None:
             return Refusal(*refusal)
         self.batcher.add_now(
@@ -311,6 +326,8 @@ def parse(raw: str) -> tuple[Any, Any]:
         obj = json.loads(raw)
     except ValueError:
         return None, error_event(ErrorCode.MALFORMED, "not valid JSON")
+    except RecursionError:
+        return None, error_event(ErrorCode.MALFORMED, "JSON nested too deeply")
     if not isinstance(obj, dict):
         return None, error_event(ErrorCode.MALFORMED, "a message is a JSON object")
     ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None

@@ -56,6 +56,23 @@ class OriginLink:
                 asyncio.create_task(self._registry_loop(), name="edge-registry")
             )
 
+    async def farewell(self) -> None:
+        """Tell the origin this edge is leaving (a last heartbeat saying it
+        drains), so routing stops offering it now rather than after the
+        heartbeat timeout. Best effort: an unreachable origin times it out."""
+        if not self.config.register:
+            return
+        try:
+            await self._post(
+                f"/v1/edges/{self.config.edge_id}/heartbeat",
+                self._heartbeat().model_copy(update={"draining": True}).model_dump(),
+                allow_404=True,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.info(
+                "could not say goodbye to the origin: %s", exc, extra=self._extra
+            )
+
     async def stop(self) -> None:
         """Stop both loops."""
         for task in self._tasks:

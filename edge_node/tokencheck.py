@@ -42,7 +42,7 @@ def _b64(segment: str) -> bytes:
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise TokenError(f"malformed token: {what} is not JSON") from None
     if not isinstance(value, dict):
         raise TokenError(f"malformed token: {what} is not a JSON object")

@@ -368,6 +368,9 @@ async def pair(start_edge: Any, connect: Connect) -> tuple[Any, Client, Client]:
     [
         ("{not json", "malformed"),
         ("[1, 2]", "malformed"),
+        # Deep enough to exhaust the parser's recursion, small enough to pass
+        # the size limit.
+        ("[" * 7000 + "]" * 7000, "malformed"),
         ('{"type": "chat.shout", "ref": "x"}', "unknown_type"),
         ('{"type": "chat.send", "text": ""}', "invalid"),
         ('{"type": "poll.open", "question": "q", "options": ["a", "b"]}', "forbidden"),
@@ -513,6 +516,41 @@ async def test_edge_full_and_class_full(start_edge: Any, connect: Connect) -> No
     assert first.ws.closed is False and second.ws.closed is False
 
 
+async def test_the_class_size_limit_in_the_token_is_enforced(
+    start_edge: Any, connect: Connect, keyring: KeyRing, class_id: str
+) -> None:
+    edge = await start_edge(MemoryClassLog())
+
+    def token(user: str) -> str:
+        return keyring.mint(class_id, user, user.title(), Role.STUDENT, max_members=1)
+
+    ann = await connect(edge, "ann", token=token("ann"))
+    await ann.event("presence.count", count=1)
+    bob = await connect(edge, "bob", token=token("bob"), welcome=False)
+    code, reason = await bob.closed()
+    assert code == CloseCode.CLASS_FULL and "1 members" in reason
+
+
+async def test_an_edge_without_keys_asks_to_try_again_later(
+    connect: Connect, keyring: KeyRing, tmp_path: Any
+) -> None:
+    # The origin is down: the edge has never fetched the signing keys, so a
+    # good token is not refused as bad, only postponed.
+    config = EdgeConfig(
+        port=free_port(),
+        origin_url=f"http://127.0.0.1:{free_port()}",
+        data_dir=tmp_path,
+        transcode=False,
+    )
+    edge = await run_edge(config, MemoryClassLog())
+    try:
+        ann = await connect(edge, "ann", welcome=False)
+        code, reason = await ann.closed()
+        assert code == CloseCode.TRY_AGAIN_LATER and "try again" in reason
+    finally:
+        await edge.stop()
+
+
 async def test_presence_count_and_list(start_edge: Any, connect: Connect) -> None:
     edge = await start_edge(MemoryClassLog())
     tea = await connect(edge, "tea", Role.TEACHER)
@@ -544,6 +582,11 @@ async def test_http_endpoints(
             break
         await asyncio.sleep(0.05)
     assert origin.heartbeats[0]["members"] == 0
+    assert not origin.heartbeats[-1]["draining"]
+
+    # A stopping edge says so at once: routing must not wait for the timeout.
+    await edge.stop()
+    assert origin.heartbeats[-1]["draining"] is True
 
 
 async def test_unreachable_origin_is_not_fatal(
