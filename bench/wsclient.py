@@ -15,6 +15,7 @@ import base64
 import hashlib
 import os
 import re
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -72,19 +73,29 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
         head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
     # XOR through one big integer: far cheaper than a Python loop per byte.
     repeated = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
-        n, "big"
-    )
+    masked = (
+        int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
+    ).to_bytes(n, "big")
     return head + mask + masked
 
 
 class Stats:
     """Counters of one benchmark phase, shared by every client of a process."""
 
-    __slots__ = ("delivered", "gaps", "latencies_ns", "phase", "refused")
+    __slots__ = (
+        "delivered",
+        "gaps",
+        "latencies_ns",
+        "letter",
+        "phase",
+        "refused",
+        "tag",
+    )
 
     def __init__(self, phase: str = "-") -> None:
         self.phase = phase
+        self.letter = phase.encode()
+        self.tag = b"~" + self.letter
         self.delivered = 0
         self.gaps = 0
         self.refused = 0
@@ -140,8 +151,9 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Send the opening handshake (RFC 6455 section 4.1)."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but
+        # have the same methods.
+        self.transport = transport  # type: ignore[assignment]
         self.state = State.UPGRADING
         transport.write(
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
@@ -152,6 +164,8 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Walk the complete frames received so far."""
+        if self.state is State.JOINED and not self._buf and self._one_frame(data):
+            return
         buf = self._buf
         buf += data
         if self.state is State.UPGRADING:
@@ -173,6 +187,28 @@ class Client(asyncio.Protocol):
                 self.state = State.JOINED
                 self.on_joined(self)
         self._frames()
+
+    def _one_frame(self, data: bytes) -> bool:
+        """The common case, a read holding exactly one text frame: count it
+        without copying. Whether it was that case."""
+        size = len(data)
+        if size < 2 or data[0] != 0x81:
+            return False
+        n = data[1]
+        start = 2
+        if n == 126 and size >= 4:
+            n = (data[2] << 8) | data[3]
+            start = 4
+        elif n > 126:
+            return False
+        if start + n != size:
+            return False
+        if self.eio and n == 1:
+            return False
+        if self.chain:
+            self._check_chain(data, start, size)
+        self._count(data, size)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Remember that the connection is gone."""
@@ -219,7 +255,7 @@ class Client(asyncio.Protocol):
             self._count(buf, i)
         del buf[:i]
 
-    def _count(self, buf: bytearray, end: int) -> None:
+    def _count(self, buf: bytes | bytearray, end: int) -> None:
         stats = self.own_stats or Client.stats
         if self.state is State.WAITING:
             if buf.find(self.join_signal, 0, end) < 0:
@@ -230,15 +266,15 @@ class Client(asyncio.Protocol):
             stats.refused += buf.count(b"rate_limited", 0, end)
         if self.sampled:
             now = time.time_ns()
-            phase = stats.phase.encode()
+            letter = stats.letter
             for p, _number, sent in MARKER.findall(buf, 0, end):
-                if p == phase:
+                if p == letter:
                     stats.delivered += 1
                     stats.latencies_ns.append(now - int(sent))
         else:
-            stats.delivered += buf.count(b"~" + stats.phase.encode(), 0, end)
+            stats.delivered += buf.count(stats.tag, 0, end)
 
-    def _check_chain(self, buf: bytearray, start: int, end: int) -> None:
+    def _check_chain(self, buf: bytes | bytearray, start: int, end: int) -> None:
         # Edge frames: each frame's seq_from must equal the previous seq_to.
         m = _SEQ.match(buf, start, end)
         if m is None or m.group(1) == b"null":
@@ -284,6 +320,17 @@ class Client(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self._finish()
+
+    def tcp_state(self) -> int:
+        """The kernel's TCP state of the socket (1: established), read
+        without reading data; 0 when unknown."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is None:
+            return 0
+        try:
+            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
+        except OSError:
+            return 0
 
     @property
     def closed(self) -> bool:

@@ -220,9 +220,16 @@ class MemberConnection(asyncio.Protocol):
             # Still answering the handshake: one write for both.
             head.append(wire)
             return True
-        assert self.transport is not None
-        self.transport.write(wire)
-        return not self._slow
+        transport = self.transport
+        assert transport is not None
+        transport.write(wire)
+        if self._slow:
+            return False
+        # Some event loops (uvloop) call pause_writing late or not at all for
+        # a reader that stopped: look at the buffer too.
+        return (
+            transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+        )
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (section 7.1.2) with ``code``."""

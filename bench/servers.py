@@ -1,0 +1,269 @@
+"""Starting and stopping the servers under test, each pinned to its core.
+
+A server is one or more processes; the first one is measured (memory and
+CPU). The liveclass edge runs as the real thing: an origin that mints the
+tokens and an edge that verifies them, each its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+NODE_DIR = BENCH / ".node"
+"""Where ``npm install ws`` puts the Node peer's library (gitignored)."""
+
+PEERS = {
+    "websockets": ["-m", "bench.peers.websockets_peer"],
+    "aiohttp": ["-m", "bench.peers.aiohttp_peer"],
+    "socketio": ["-m", "bench.peers.socketio_peer"],
+    "asyncio": ["-m", "bench.peers.asyncio_peer"],
+}
+"""The Python peers: arguments to the interpreter."""
+
+ALL = ["edge", *PEERS, "node-ws"]
+"""Every server the benchmark knows, in table order."""
+
+
+class ServerFailed(RuntimeError):
+    """A server did not start; the message says which and shows its output."""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(core: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that pins the child to ``core`` and raises its
+    open-file limit to the hard limit (one descriptor a client)."""
+
+    def setup() -> None:
+        os.sched_setaffinity(0, {core})
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    return setup
+
+
+@dataclass
+class Running:
+    """Processes of one server under test and what the generator needs."""
+
+    name: str
+    port: int
+    mode: str
+    procs: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+    tokens: list[str] = field(default_factory=list)
+    teacher_token: str = ""
+    workdir: Path | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        """The measured process: the first one."""
+        return [self.procs[0].pid]
+
+    @property
+    def helper_pids(self) -> list[int]:
+        """Processes that serve the measured one (the edge's origin)."""
+        return [p.pid for p in self.procs[1:]]
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a few seconds."""
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8.0
+        for p in reversed(self.procs):
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5.0)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(
+    argv: list[str], core: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=pinned(core),
+            env=env,
+        )
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerFailed(f"exited with {proc.returncode}: {_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise ServerFailed(f"not listening on {port} after 30 s: {_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-800:]
+    except OSError:
+        return "(no output)"
+
+
+def node_available() -> bool:
+    """Whether ``node`` and ``npm`` are on PATH."""
+    return bool(shutil.which("node") and shutil.which("npm"))
+
+
+def install_node_ws() -> None:
+    """``npm install ws`` into the bench-local folder, once."""
+    if (NODE_DIR / "node_modules" / "ws").is_dir():
+        return
+    NODE_DIR.mkdir(exist_ok=True)
+    subprocess.run(
+        ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "ws"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )
+
+
+def start(
+    name: str, core: int, clients: int, logdir: Path, edge_args: list[str]
+) -> Running:
+    """Start server ``name`` pinned to ``core``, ready for ``clients``;
+    ``edge_args`` are extra flags for ``liveclass edge``."""
+    port = free_port()
+    log = logdir / f"{name}.log"
+    if name == "edge":
+        return _start_edge(core, clients, logdir, edge_args)
+    if name == "node-ws":
+        install_node_ws()
+        env = dict(os.environ, NODE_PATH=str(NODE_DIR / "node_modules"))
+        argv = ["node", str(BENCH / "peers" / "node_ws.js"), "--port", str(port)]
+        proc = _spawn(argv, core, log, env)
+    else:
+        proc = _spawn([sys.executable, *PEERS[name], "--port", str(port)], core, log)
+    _wait_port(port, proc, log)
+    mode = "socketio" if name == "socketio" else "plain"
+    return Running(name, port, mode, [proc], [log])
+
+
+def _start_edge(core: int, clients: int, logdir: Path, edge_args: list[str]) -> Running:
+    work = Path(tempfile.mkdtemp(prefix="liveclass-bench-"))
+    api_key, edge_key = secrets.token_hex(16), secrets.token_hex(16)
+    origin_port, edge_port = free_port(), free_port()
+    cli = [sys.executable, "-m", "liveclass.cli.main", "--log-level", "WARNING"]
+    origin_log, edge_log = logdir / "origin.log", logdir / "edge.log"
+    origin = _spawn(
+        [
+            *cli,
+            "origin",
+            "--port",
+            str(origin_port),
+            "--api-key",
+            api_key,
+            "--edge-key",
+            edge_key,
+            "--database-url",
+            f"sqlite+aiosqlite:///{work}/origin.db",
+            "--key-file",
+            str(work / "keys.pem"),
+        ],
+        core,
+        origin_log,
+    )
+    procs = [origin]
+    try:
+        _wait_port(origin_port, origin, origin_log)
+        edge = _spawn(
+            [
+                *cli,
+                "edge",
+                "--port",
+                str(edge_port),
+                "--origin-url",
+                f"http://127.0.0.1:{origin_port}",
+                "--edge-key",
+                edge_key,
+                "--data-dir",
+                str(work / "edge"),
+                "--capacity",
+                str(clients + 100),
+                "--class-limit",
+                str(clients + 100),
+                "--no-transcode",
+                *edge_args,
+            ],
+            core,
+            edge_log,
+        )
+        procs.insert(0, edge)
+        _wait_port(edge_port, edge, edge_log)
+        teacher, students = _mint(origin_port, api_key, clients)
+    except BaseException:
+        Running("edge", edge_port, "edge", procs, [], workdir=work).stop()
+        raise
+    return Running(
+        "edge",
+        edge_port,
+        "edge",
+        procs,
+        [edge_log, origin_log],
+        tokens=students,
+        teacher_token=teacher,
+        workdir=work,
+    )
+
+
+def _mint(port: int, api_key: str, clients: int) -> tuple[str, list[str]]:
+    """Create and start a class; mint the teacher's and students' tokens in
+    bulk through the admin API."""
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=120.0) as http:
+        r = http.post("/v1/classes", json={"title": "bench", "max_members": 1_000_000})
+        r.raise_for_status()
+        class_id = r.json()["id"]
+        http.post(f"/v1/classes/{class_id}/start").raise_for_status()
+        members = [{"user_id": "teacher", "name": "Teacher", "role": "teacher"}]
+        members += [
+            {"user_id": f"s{i}", "name": f"Student {i}", "role": "student"}
+            for i in range(clients)
+        ]
+        tokens: list[str] = []
+        for at in range(0, len(members), 5000):
+            r = http.post(
+                f"/v1/classes/{class_id}/tokens/bulk",
+                json={"members": members[at : at + 5000]},
+            )
+            r.raise_for_status()
+            tokens += [t["token"] for t in r.json()["tokens"]]
+    return tokens[0], tokens[1:]
