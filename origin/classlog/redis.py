@@ -180,10 +180,9 @@ class RedisClassLog(ClassLog):
         out = []
         for stream_id, fields in rows:
             # XRANGE through a script answers fields as a flat list.
-            if isinstance(fields, dict):
-                raw = fields.get(_FIELD.encode(), fields.get(_FIELD))
-            else:
-                raw = dict(zip(fields[::2], fields[1::2], strict=True))[_FIELD.encode()]
+            raw: bytes = dict(zip(fields[::2], fields[1::2], strict=True))[
+                _FIELD.encode()
+            ]
             event = LogEvent.model_validate_json(raw)
             event.seq = _seq_of(stream_id)
             out.append(event)
