@@ -564,11 +564,7 @@ class Classroom:
     async def vote(self, poll_id: str, option: int) -> str:
         """Vote for ``option`` (0-based) in the open poll ``poll_id``."""
         message = self._build(p.PollVote, poll_id=poll_id, option=option)
-        poll = self.state.poll
-        if poll is not None and poll.poll_id == poll_id and option >= len(poll.options):
-            raise InvalidMessage(
-                f"option {option} does not exist; the poll has {len(poll.options)}"
-            )
+        _check_option(self.state.poll, "poll_id", poll_id, option, "the poll")
         return await self._send(message)
 
     async def close_poll(self, poll_id: str) -> str:
@@ -599,11 +595,7 @@ class Classroom:
     async def answer_quiz(self, quiz_id: str, option: int) -> str:
         """Answer the open question; only the first answer counts."""
         message = self._build(p.QuizAnswer, quiz_id=quiz_id, option=option)
-        quiz = self.state.quiz
-        if quiz is not None and quiz.quiz_id == quiz_id and option >= len(quiz.options):
-            raise InvalidMessage(
-                f"option {option} does not exist; the question has {len(quiz.options)}"
-            )
+        _check_option(self.state.quiz, "quiz_id", quiz_id, option, "the question")
         return await self._send(message)
 
     async def close_quiz(self, quiz_id: str) -> str:
@@ -617,6 +609,19 @@ class Classroom:
     async def end_class(self) -> str:
         """Teacher: end the class for everyone."""
         return await self._send(self._build(p.ClassEnd))
+
+
+def _check_option(
+    item: Any, id_field: str, item_id: str, option: int, what: str
+) -> None:
+    """Refuse an option the open poll or question (``item``) does not have;
+    an item this client has not seen yet is left to the edge to judge."""
+    if item is None or getattr(item, id_field) != item_id:
+        return
+    if option >= len(item.options):
+        raise InvalidMessage(
+            f"option {option} does not exist; {what} has {len(item.options)}"
+        )
 
 
 def _parse_frame(raw: str | bytes) -> p.Frame:
