@@ -56,7 +56,9 @@ class SigningKey:
         private = serialization.load_pem_private_key(path.read_bytes(), None)
         if not isinstance(private, rsa.RSAPrivateKey):
             raise TokenError(f"{path}: not an RSA private key")
-        return cls(kid=_kid(private.public_key()), private=private)
+        # The file was written when the key started signing.
+        created = path.stat().st_mtime
+        return cls(kid=_kid(private.public_key()), private=private, created=created)
 
     def save(self, path: Path) -> None:
         """Write the private key to ``path`` as PEM, readable by the owner only."""
@@ -97,6 +99,15 @@ class KeyRing:
     def current(self) -> SigningKey:
         """The key that signs new tokens."""
         return self._keys[-1]
+
+    def retiring_is_safe(self, max_ttl_s: float, now: float | None = None) -> bool:
+        """Whether a rotation now drops no key whose tokens may still be
+        valid: the key before the current one stopped signing when the
+        current one started, and its tokens live ``max_ttl_s`` at most."""
+        if len(self._keys) < 2:
+            return True
+        now = time.time() if now is None else now
+        return now - self.current.created >= max_ttl_s
 
     def rotate(self, keep: int = 2) -> SigningKey:
         """Start signing with a new key; keep the ``keep`` newest for verifying."""

@@ -265,12 +265,15 @@ class AdminClient:
         path = f"/v1/classes/{class_id}/report"
         return await self._model(ClassReport, "GET", path)
 
-    async def rotate_keys(self) -> list[str]:
+    async def rotate_keys(self, *, force: bool = False) -> list[str]:
         """Sign new tokens with a fresh key; returns the key ids now published.
 
-        Tokens signed by the previous key stay valid until they expire.
+        Tokens signed by the previous key stay valid until they expire. A
+        second rotation while the key before may still have valid tokens out
+        is refused (409) unless ``force``, which invalidates those tokens.
         """
-        answer = await self._call("POST", "/v1/keys/rotate")
+        path = "/v1/keys/rotate" + ("?force=true" if force else "")
+        answer = await self._call("POST", path)
         return [key["kid"] for key in answer["keys"]]
 
 

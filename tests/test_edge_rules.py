@@ -101,6 +101,17 @@ def test_a_second_poll_in_the_same_tick_is_refused(cls: Class) -> None:
     assert cls.send(TEACHER, **question) == ["conflict"]
 
 
+def test_ending_the_class_closes_the_open_poll_with_its_votes(cls: Class) -> None:
+    cls.join(ANN)
+    [opened] = cls.send(TEACHER, type="poll.open", question="Q?", options=["a", "b"])
+    poll_id = opened.data["poll_id"]
+    cls.send(ANN, type="poll.vote", poll_id=poll_id, option=1)
+
+    closed, ended = cls.send(TEACHER, type="class.end")
+    assert (closed.type, closed.data["counts"]) == ("poll.closed", [0, 1])
+    assert ended.type == "class.ended"
+
+
 def test_chat_too_long_and_blank(cls: Class) -> None:
     assert cls.send(ANN, type="chat.send", text="x" * 501) == ["too_long"]
     assert cls.send(ANN, type="chat.send", text="   ") == ["invalid"]

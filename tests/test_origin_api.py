@@ -157,6 +157,14 @@ async def test_rotation_keeps_old_tokens_valid(
     assert verifier.verify(old.token).sub == "u1"
     assert verifier.verify(new.token).sub == "u2"
 
+    # Rotating again would retire the key that signed `old`, still valid.
+    with pytest.raises(AdminAPIError) as unsafe:
+        await admin.rotate_keys()
+    assert unsafe.value.status == 409 and "force" in unsafe.value.message
+    assert TokenVerifier((await http.get("/v1/keys")).json()).kids == kids
+    forced = await admin.rotate_keys(force=True)
+    assert kids[0] not in forced and kids[1] in forced
+
 
 async def test_no_tokens_for_ended_class(admin: AdminClient, class_id: str) -> None:
     await admin.create_class("Physics", class_id=class_id)

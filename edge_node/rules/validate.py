@@ -260,7 +260,16 @@ class Validator:
         return Outcome(reply=[view])
 
     def _class_end(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
-        return [LogEvent(type="class.ended")]
+        # Close what is open first, so that its votes and answers count and
+        # every reader (members, the origin's report) gets the results.
+        entries = []
+        if state.polls.open is not None:
+            poll_id = state.polls.open.poll_id
+            entries.append(closing_entry("poll.closed", "poll_id", poll_id))
+        if state.quizzes.open is not None:
+            quiz_id = state.quizzes.open.quiz_id
+            entries.append(closing_entry("quiz.closed", "quiz_id", quiz_id))
+        return [*entries, LogEvent(type="class.ended")]
 
 
 def closing_entry(type_: str, key: str, item_id: str) -> LogEvent:

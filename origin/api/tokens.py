@@ -11,6 +11,7 @@ from aiohttp import web
 from liveclass.origin.api.classes import load_class
 from liveclass.origin.api.http import Auth, Operation, body, reply, state
 from liveclass.origin.api.models import (
+    MAX_TTL_S,
     BulkToken,
     BulkTokenIssued,
     BulkTokenRequest,
@@ -95,6 +96,13 @@ async def rotate_keys(request: web.Request) -> web.Response:
     """POST /v1/keys/rotate: sign with a new key; the previous one still
     verifies, so tokens already handed out stay good."""
     origin = state(request)
+    force = request.query.get("force") in ("1", "true")
+    if not force and not origin.keyring.retiring_is_safe(MAX_TTL_S):
+        raise conflict(
+            "the key before the current one may still have valid tokens out "
+            f"(tokens live up to {MAX_TTL_S // 3600} h); rotating again now "
+            "would make edges refuse them. Retry with ?force=true to do it anyway"
+        )
     previous = origin.keyring.current
     current = origin.keyring.rotate()
     key_file = origin.config.key_file
@@ -137,7 +145,7 @@ OPERATIONS = [
         "Rotate the signing key",
         Auth.ADMIN,
         PublicKeys,
-        errors=(401,),
+        errors=(401, 409),
     ),
 ]
 """The token operations of the API."""
