@@ -44,6 +44,7 @@ class OriginLink:
         self._heartbeat = heartbeat
         self._origin = config.origin_url.rstrip("/")
         self._last_keys_fetch = 0.0
+        self._fetching: asyncio.Future[bool] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._extra = {"edge_id": config.edge_id}
 
@@ -104,10 +105,22 @@ class OriginLink:
 
     async def refresh_keys_soon(self) -> bool:
         """Fetch the keys now unless that was done moments ago (a token named
-        an unknown key: the origin may have rotated)."""
-        if time.monotonic() - self._last_keys_fetch < MIN_KEYS_REFRESH_S:
+        an unknown key: the origin may have rotated).
+
+        Callers arriving while a fetch is in flight share it; and while no
+        key is known at all (the edge just started) any caller may fetch, so
+        the first members are not refused for the edge's own slowness.
+        """
+        if self._fetching is not None:
+            return await asyncio.shield(self._fetching)
+        recent = time.monotonic() - self._last_keys_fetch < MIN_KEYS_REFRESH_S
+        if recent and self.verifier.kids:
             return False
-        return await self.fetch_keys()
+        self._fetching = asyncio.ensure_future(self.fetch_keys())
+        try:
+            return await asyncio.shield(self._fetching)
+        finally:
+            self._fetching = None
 
     async def _keys_loop(self) -> None:
         while True:
