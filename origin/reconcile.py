@@ -49,6 +49,8 @@ class Reconciler:
         self.has_media = False
         self._ended_at = 0.0
         self.results = Results()
+        self.stopping = False
+        """Set to make :meth:`run` return after the step in progress."""
         self._folded_to = 0
         self._filled: dict[int, LogEvent] = {}
 
@@ -164,7 +166,7 @@ class Reconciler:
         entry.
         """
         logger.info("reconciling class %s", self.class_id, extra=self._extra)
-        while not self.done:
+        while not self.done and not self.stopping:
             try:
                 await self.step(self.wait_s)
             except asyncio.CancelledError:
@@ -194,6 +196,10 @@ class Reconciler:
         return {"class_id": self.class_id}
 
 
+CLOSE_TIMEOUT_S = 10.0
+"""How long closing waits for a reconciler's step before cancelling it."""
+
+
 class Reconcilers:
     """The running reconciler tasks, one per live class.
 
@@ -206,6 +212,7 @@ class Reconcilers:
         self.log = log
         self.wait_s = wait_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reconcilers: dict[str, Reconciler] = {}
 
     def start(self, class_id: str) -> None:
         """Start reconciling a class, unless it already is."""
@@ -215,11 +222,13 @@ class Reconcilers:
         reconciler = Reconciler(self.store, self.log, class_id, wait_s=self.wait_s)
         task = asyncio.create_task(reconciler.run(), name=f"reconcile {class_id}")
         self._tasks[class_id] = task
+        self._reconcilers[class_id] = reconciler
         task.add_done_callback(lambda done: self._forget(class_id, done))
 
     def _forget(self, class_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(class_id) is task:
             del self._tasks[class_id]
+            self._reconcilers.pop(class_id, None)
 
     def running(self) -> list[str]:
         """The ids of the classes being reconciled."""
@@ -235,9 +244,21 @@ class Reconcilers:
             await asyncio.wait_for(asyncio.shield(task), within_s)
 
     async def close(self) -> None:
-        """Cancel every reconciler and wait for them to stop."""
+        """Stop every reconciler after its current step, and wait for them.
+
+        They are asked, not cancelled: cancelling one inside a database
+        transaction can leave the async driver waiting forever (seen with
+        aiosqlite), and a step ends within ``wait_s`` plus one commit. Only
+        one that has not stopped after :data:`CLOSE_TIMEOUT_S` is cancelled.
+        """
+        for reconciler in self._reconcilers.values():
+            reconciler.stopping = True
         tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.wait_s + CLOSE_TIMEOUT_S)
+            for task in late:
+                logger.warning("a reconciler did not stop in time; cancelling it")
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._reconcilers.clear()
