@@ -5,58 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
+from fleet import free_port, spawn, wait_healthy
 
 from liveclass.sdk.admin import AdminClient
 from liveclass.sdk.protocol import PROTOCOL_VERSION
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
-
-LIVECLASS = str(Path(sys.executable).with_name("liveclass"))
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [LIVECLASS, "--log-level", "INFO", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{url} exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} not healthy in 30 s:\n{log.read_text()}")
 
 
 @pytest.fixture
@@ -70,7 +32,7 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
     try:
         logs.append(tmp_path / "origin.log")
         procs.append(
-            _spawn(
+            spawn(
                 [
                     "origin",
                     "--port",
@@ -89,13 +51,13 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
                 logs[-1],
             )
         )
-        _wait_healthy(origin_url, procs[-1], logs[-1])
+        wait_healthy(origin_url, procs[-1], logs[-1])
         edges = {}
         for n in (1, 2):
             port = free_port()
             logs.append(tmp_path / f"edge{n}.log")
             procs.append(
-                _spawn(
+                spawn(
                     [
                         "edge",
                         "--edge-id",
@@ -115,7 +77,7 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
                 )
             )
             edges[f"edge-{n}"] = f"http://127.0.0.1:{port}"
-            _wait_healthy(edges[f"edge-{n}"], procs[-1], logs[-1])
+            wait_healthy(edges[f"edge-{n}"], procs[-1], logs[-1])
         yield {"origin": origin_url, "api_key": api_key, "edges": edges}
     finally:
         for proc in procs:
