@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="slow-reader phase (default: twice --seconds, so bounded send "
         "queues fill within it)",
     )
+    p.add_argument(
+        "--join-window",
+        type=int,
+        default=GenConfig.join_window,
+        help="joins in flight at once during the join storm",
+    )
     p.add_argument("--rate", type=float, default=20.0, help="teacher msgs/s")
     p.add_argument("--chat-rate", type=float, default=100.0, help="chat msgs/s")
     p.add_argument(
@@ -133,6 +139,7 @@ def run_one(
             rate=args.rate,
             chat_rate=args.chat_rate,
             chat_senders=args.chat_senders,
+            join_window=args.join_window,
         )
         # The config holds join tokens: a private temporary file, removed after.
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:

@@ -66,6 +66,7 @@ class Generator:
         self.cfg = cfg
         self.clients: list[Client] = []
         self.publisher: Client | None = None
+        self._narrow: set[int] = set()
         self.result: dict[str, Any] = {"config": _public(cfg)}
 
     # --- connecting ---------------------------------------------------------
@@ -77,10 +78,15 @@ class Generator:
             return "/socket.io/?EIO=4&transport=websocket"
         return "/"
 
-    async def _connect(self, token: str, sampled: bool) -> Client | str:
-        """Open one client and wait until the server has accepted it."""
+    async def _connect(
+        self, token: str, sampled: bool, rcvbuf: int | None = None
+    ) -> Client | str:
+        """Open one client and wait until the server has accepted it.
+
+        ``rcvbuf`` sets a small receive buffer before connecting, so that the
+        window the client advertises matches it from the first packet on.
+        """
         loop = asyncio.get_running_loop()
-        joined = loop.create_future()
         signal = {
             "edge": b'"type":"welcome"',
             "socketio": b"40{",
@@ -92,18 +98,26 @@ class Generator:
             signal,
             sampled=sampled,
             chain=self.cfg.mode == "edge",
-            on_joined=lambda c: joined.done() or joined.set_result(None),
             eio=self.cfg.mode == "socketio",
         )
         try:
             async with asyncio.timeout(20.0):
-                await loop.create_connection(
-                    lambda: client, self.cfg.host, self.cfg.port
-                )
-                while not joined.done():
-                    if client.closed:
-                        return f"closed {client.close_code or client.connect_error}"
-                    await asyncio.wait([joined], timeout=0.2)
+                if rcvbuf is None:
+                    await loop.create_connection(
+                        lambda: client, self.cfg.host, self.cfg.port
+                    )
+                else:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                    sock.setblocking(False)
+                    try:
+                        await loop.sock_connect(sock, (self.cfg.host, self.cfg.port))
+                    except BaseException:
+                        sock.close()
+                        raise
+                    await loop.create_connection(lambda: client, sock=sock)
+                if not await client.settled:
+                    return f"closed {client.close_code or client.connect_error}"
         except (OSError, TimeoutError) as exc:
             client.abort()
             return type(exc).__name__
@@ -189,13 +203,33 @@ class Generator:
         window = asyncio.Semaphore(cfg.join_window)
         tokens = cfg.tokens or [""] * cfg.clients
 
-        async def one(i: int) -> Client | str:
-            async with window:
-                return await self._connect(tokens[i], i % cfg.sample_every == 0)
+        # Every slow_share-th client may later be a slow reader: its small
+        # receive buffer is set before it connects (see _slow).
+        step = max(1, round(1 / cfg.slow_share))
 
+        async def one(i: int) -> Client | str:
+            narrow = i % step == step // 2
+            async with window:
+                client = await self._connect(
+                    tokens[i],
+                    i % cfg.sample_every == 0,
+                    cfg.slow_rcvbuf if narrow else None,
+                )
+            if narrow and isinstance(client, Client):
+                self._narrow.add(id(client))
+            return client
+
+        cpu0, gen0 = cpu_seconds(self.cfg.server_pids), _own_cpu()
         t0 = time.perf_counter()
         outcomes = await asyncio.gather(*(one(i) for i in range(cfg.clients)))
         elapsed = time.perf_counter() - t0
+        busy = {
+            "storm_s": round(elapsed, 2),
+            "server_busy_pct": round(
+                100 * (cpu_seconds(self.cfg.server_pids) - cpu0) / elapsed, 1
+            ),
+            "generator_busy_pct": round(100 * (_own_cpu() - gen0) / elapsed, 1),
+        }
         self.clients = [c for c in outcomes if isinstance(c, Client)]
         failures = Counter(o for o in outcomes if isinstance(o, str))
         return {
@@ -203,6 +237,7 @@ class Generator:
             "failed": sum(failures.values()),
             "failures": dict(failures.most_common(5)),
             "joins_per_s": round(len(self.clients) / elapsed, 1),
+            **busy,
         }
 
     async def _idle(self) -> dict[str, Any]:
@@ -305,15 +340,10 @@ class Generator:
 
     async def _slow(self) -> dict[str, Any]:
         cfg = self.cfg
-        alive = self._alive()
-        step = max(1, round(1 / cfg.slow_share))
-        slow = alive[step // 2 :: step]
+        # A small receive buffer makes the kernel push back soon, so the
+        # server sees a slow reader within the phase, not minutes later.
+        slow = [c for c in self._alive() if id(c) in self._narrow]
         for c in slow:
-            # A small receive buffer makes the kernel push back soon, so the
-            # server sees a slow reader within the phase, not minutes later.
-            sock = c.transport.get_extra_info("socket") if c.transport else None
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.slow_rcvbuf)
             c.pause()
         out = await self._fanout("s", cfg.rate, cfg.slow_seconds, slow)
         # Read what the server kept for the slow ones: a close frame if it

@@ -18,7 +18,6 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable
 from enum import IntEnum
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -125,7 +124,6 @@ class Client(asyncio.Protocol):
         join_signal: bytes,
         sampled: bool,
         chain: bool,
-        on_joined: Callable[[Client], None],
         eio: bool = False,
     ) -> None:
         self.path = path
@@ -133,7 +131,6 @@ class Client(asyncio.Protocol):
         self.join_signal = join_signal
         self.sampled = sampled
         self.chain = chain
-        self.on_joined = on_joined
         self.state = State.CONNECTING
         self.close_code: int | None = None
         self.transport: asyncio.Transport | None = None
@@ -145,7 +142,9 @@ class Client(asyncio.Protocol):
         # all (the publisher): a Stats whose phase letter never matches.
         self.own_stats: Stats | None = None
         self._buf = bytearray()
-        self._closed = asyncio.get_running_loop().create_future()
+        # True once the server accepted the client, False if it closed
+        # first: one future to await per join, nothing to poll.
+        self.settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     # --- asyncio.Protocol -------------------------------------------------
 
@@ -185,7 +184,7 @@ class Client(asyncio.Protocol):
                 self.state = State.WAITING
             else:
                 self.state = State.JOINED
-                self.on_joined(self)
+                self._settle(True)
         self._frames()
 
     def _one_frame(self, data: bytes) -> bool:
@@ -261,7 +260,7 @@ class Client(asyncio.Protocol):
             if buf.find(self.join_signal, 0, end) < 0:
                 return
             self.state = State.JOINED
-            self.on_joined(self)
+            self._settle(True)
         if self.chain and stats.phase != "-" and buf.find(b"rate_limited", 0, end) >= 0:
             stats.refused += buf.count(b"rate_limited", 0, end)
         if self.sampled:
@@ -342,5 +341,8 @@ class Client(asyncio.Protocol):
             self.state = State.CLOSED
             if self.transport is not None:
                 self.transport.close()
-            if not self._closed.done():
-                self._closed.set_result(None)
+            self._settle(False)
+
+    def _settle(self, joined: bool) -> None:
+        if not self.settled.done():
+            self.settled.set_result(joined)

@@ -25,6 +25,13 @@ _MERGED: dict[str, tuple[str, str]] = {
 }
 
 
+# Entries no member waits for: their effect reaches members through views
+# sent at most once a second (counts, tallies), so they may wait for the
+# tick and leave in bulk. Any other entry is something members see at once
+# (chat, a question, a hand) and goes to the log without waiting for it.
+_TICKED = frozenset({*_MERGED, "member.joined", "member.left", "presence.edge"})
+
+
 def merge_batches(events: Sequence[LogEvent]) -> list[LogEvent]:
     """Merge a tick's vote and answer entries into one entry per poll or quiz.
 
@@ -55,10 +62,14 @@ def merge_batches(events: Sequence[LogEvent]) -> list[LogEvent]:
 
 
 class Batcher:
-    """Collects entries per class and appends them to the log once a tick.
+    """Collects entries per class and appends them to the log in batches.
 
     :meth:`add` never waits for the log: members' messages are accepted at
-    once and leave the edge together, ``tick_s`` later at most.
+    once. Entries members see (chat, questions, hands) leave as soon as no
+    append is in flight, so a quiet class pays no tick and a busy one puts
+    what arrived during one append into the next. Votes, answers and
+    presence changes wait for the tick (``tick_s``), so a vote storm costs
+    the log one append per class per tick, whatever the number of votes.
     """
 
     def __init__(
@@ -74,6 +85,7 @@ class Batcher:
         self._on_appended = on_appended
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._urgent = False
         self._stopping = False
 
     async def add(self, class_id: str, events: Sequence[LogEvent]) -> None:
@@ -91,6 +103,8 @@ class Batcher:
             )
             return
         pending.extend(events)
+        if not self._urgent:
+            self._urgent = any(e.type not in _TICKED for e in events)
         self._wake.set()
 
     def start(self) -> None:
@@ -115,16 +129,24 @@ class Batcher:
         await self.flush()
 
     async def _run(self) -> None:
-        # A quiet class's entry leaves at once; under load, entries wait for
-        # the tick that follows the last append: one append per tick at most.
+        # Ticked entries wait for the tick that follows the last append; an
+        # urgent one cuts the wait short. Appends never overlap: what comes
+        # during one goes with the next.
         loop = asyncio.get_running_loop()
         last = -self.tick_s
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             wait = last + self.tick_s - loop.time()
-            if not self._stopping and wait > 0:
-                await asyncio.sleep(wait)
+            if not self._stopping and not self._urgent and wait > 0:
+                try:
+                    async with asyncio.timeout(wait):
+                        # Woken early only if something urgent arrives.
+                        while not self._urgent and not self._stopping:
+                            await self._wake.wait()
+                            self._wake.clear()
+                except TimeoutError:
+                    pass
             last = loop.time()
             await self.flush()
 
@@ -138,6 +160,7 @@ class Batcher:
         if not self._pending and not self._in_doubt:
             return
         pending, self._pending = self._pending, {}
+        self._urgent = False
         batches = dict(self._in_doubt)
         self._in_doubt.clear()
         for class_id, events in pending.items():

@@ -214,33 +214,25 @@ def split_items(
 class Outgoing:
     """Consecutive batches coalesced into frames, encoded once per variant.
 
-    A variant is what one kind of member sees from one log position on:
-    staff, students, or one student with something of its own. Members
-    that joined between two batches start at a later batch.
+    A variant is what one kind of member sees from one batch on: staff,
+    students, or one student with something of its own. Members are at
+    different batches when some joined or were visited between two batches;
+    ``start`` is the index of the first batch a member has not had.
     """
 
     def __init__(self, batches: Sequence[Batch], limit: int) -> None:
         self.batches = batches
         self.limit = limit
         self.seq_to = batches[-1].seq_to if batches else 0
-        # The first batch from a position: views-only batches start and
-        # end at one, and come before the entries after it.
-        self._index: dict[int, int] = {}
-        for i, batch in enumerate(batches):
-            self._index.setdefault(batch.seq_from, i)
         personal: set[str] = set()
-        for batch in batches:
+        last_for_students = -1
+        for i, batch in enumerate(batches):
             personal.update(batch.personal)
+            if batch.for_students:
+                last_for_students = i
         self.personal = personal
+        self._last_for_students = last_for_students
         self._cache: dict[tuple[bool, int], list[str]] = {}
-
-    def start_of(self, seq: int) -> int:
-        """Index of the first batch after log position ``seq``."""
-        index = self._index.get(seq)
-        if index is None:
-            # After everything pending (a member who joined at the end).
-            return len(self.batches)
-        return index
 
     def shared(self, staff: bool, start: int) -> list[str]:
         """Frames for plain staff or plain students from batch ``start`` on."""
@@ -255,9 +247,9 @@ class Outgoing:
         """Frames for one member with something of its own."""
         return self._frames(member, start)
 
-    def empty_for_students(self, start: int) -> bool:
+    def quiet_for_students(self, start: int) -> bool:
         """Whether no student sees anything from batch ``start`` on."""
-        return not any(b.for_students for b in self.batches[start:])
+        return start > self._last_for_students
 
     def _frames(self, member: Member, start: int) -> list[str]:
         batches = self.batches[start:]

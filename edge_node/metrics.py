@@ -13,6 +13,8 @@ class Metrics:
         self.frames_sent = 0
         self.events_appended = 0
         self.send_queue_drops = 0
+        self.fanout_rounds = 0
+        self.fanout_seconds = 0.0
         self.errors: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.members: Callable[[], int] = lambda: 0
@@ -40,6 +42,12 @@ class Metrics:
             "# HELP liveclass_edge_send_queue_drops_total Members closed as too slow.",
             "# TYPE liveclass_edge_send_queue_drops_total counter",
             f"liveclass_edge_send_queue_drops_total {self.send_queue_drops}",
+            "# HELP liveclass_edge_fanout_rounds_total Fan-out rounds completed.",
+            "# TYPE liveclass_edge_fanout_rounds_total counter",
+            f"liveclass_edge_fanout_rounds_total {self.fanout_rounds}",
+            "# HELP liveclass_edge_fanout_seconds_total CPU seconds spent in rounds.",
+            "# TYPE liveclass_edge_fanout_seconds_total counter",
+            f"liveclass_edge_fanout_seconds_total {self.fanout_seconds:.6f}",
             "# HELP liveclass_edge_errors_total Client messages refused, by code.",
             "# TYPE liveclass_edge_errors_total counter",
         ]

@@ -1,9 +1,10 @@
 """The class room: one per class per edge; folds the log and fans it out.
 
 One reader task per class follows the class log, folds each batch of
-entries into the :class:`~liveclass.edge_node.rules.ClassState` and writes
-one frame per batch to every local member, each variant encoded once. It
-knows members only as :class:`~liveclass.edge_node.fanout.Sink` objects.
+entries into the :class:`~liveclass.edge_node.rules.ClassState` and hands
+the batch to its :class:`~liveclass.edge_node.sweep.Sweeper`, which writes
+it to every local member, each variant encoded once. It knows members only
+as :class:`~liveclass.edge_node.fanout.Sink` objects.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from time import perf_counter
 
 from pydantic_core import to_json
 
@@ -22,7 +22,6 @@ from liveclass.edge_node.context import Appender
 from liveclass.edge_node.fanout import (
     MAX_OUT_FRAME_BYTES,
     Batch,
-    Outgoing,
     Sink,
     frame_json,
     member_frames,
@@ -31,6 +30,7 @@ from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.state import Folded
 from liveclass.edge_node.rules.validate import closing_entry
+from liveclass.edge_node.sweep import Sweeper
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.origin.results.quizzes import QuizResult
@@ -57,27 +57,6 @@ PRESENCE_HEARTBEAT_S = 10.0
 :data:`~liveclass.edge_node.rules.state.EDGE_TIMEOUT_S`."""
 
 READ_PAGE = 1000
-
-MIN_FLUSH_INTERVAL_S = 0.002
-"""The shortest time between two fan-out passes of one room."""
-
-FLUSH_REST_RATIO = 0.5
-"""Time left to other work after a pass, as a multiple of the pass's time.
-
-The next pass starts no sooner than this many pass-lengths after the last
-one ended, so fan-out takes at most two thirds of the core (at 0.5) and
-the rest goes to reading members and the log. Under light load passes are short and
-frames leave at once; under heavy load passes grow, more events wait for
-each, and one write carries many: the interval follows the load.
-"""
-
-MAX_DEFERRED = 64
-"""Batches with nothing for students held back before an empty frame goes.
-
-Staff-only batches (presence entries of a join storm) would otherwise cost
-a write to every student for a frame of no events; students get the range
-with their next frame instead.
-"""
 
 
 def _reraise_cancel() -> None:
@@ -113,22 +92,12 @@ class ClassRoom:
         self.ready = asyncio.Event()
         self.sinks: dict[str, list[Sink]] = {}
         self.connections = 0
-        self.pass_s = 0.0
-        # Members by fan-out group; dicts keep order and remove in O(1).
-        self._students: dict[Sink, None] = {}
-        self._staff: dict[Sink, None] = {}
-        # Joined since the last pass, with the log position of their first
-        # frames: the pending batches before it are not theirs.
-        self._newcomers: dict[Sink, int] = {}
-        self._pending: list[Batch] = []
-        self._deferred: list[Batch] = []
-        self._flush_handle: asyncio.Handle | None = None
-        self._next_flush_at = 0.0
+        self._metrics = metrics or Metrics()
+        self.sweeper = Sweeper(MAX_OUT_FRAME_BYTES, self._too_slow, self._metrics)
         self._snapshot_cache: tuple[ClassState, int, str] | None = None
         self._edge_json = json.dumps(edge_id)
         self._append = append
         self._on_log_event = on_log_event
-        self._metrics = metrics or Metrics()
         self._linger_s = linger_s
         self._on_idle = on_idle
         self._joining = 0
@@ -240,10 +209,7 @@ class ClassRoom:
         self.flush()
         await self._catch_up()
         # Everyone starts over at the new position.
-        self._deferred = []
-        for sink in list(self._newcomers):
-            self._group(sink.member)[sink] = None
-        self._newcomers.clear()
+        self.sweeper.reset()
         for sinks in list(self.sinks.values()):
             for sink in list(sinks):
                 self._offer(sink, self._reset_frame(sink.member))
@@ -351,98 +317,11 @@ class ClassRoom:
         return [Event(type="presence.count", data={"count": count})]
 
     def _send(self, batch: Batch) -> None:
-        self._pending.append(batch)
-        if self._flush_handle is not None:
-            return
-        loop = asyncio.get_running_loop()
-        delay = self._next_flush_at - loop.time()
-        if delay > 0:
-            self._flush_handle = loop.call_later(delay, self.flush)
-        else:
-            self._flush_handle = loop.call_soon(self.flush)
+        self.sweeper.send(batch)
 
     def flush(self) -> None:
-        """One fan-out pass: every pending batch to every member, now.
-
-        Never awaits: each connection gets its frames in one go, each
-        variant encoded once. Members that cannot take them are closed as
-        too slow after the pass.
-        """
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if not self._pending:
-            return
-        started = perf_counter()
-        batches = self._deferred + self._pending
-        staff_start = len(self._deferred)
-        self._pending = []
-        out = Outgoing(batches, MAX_OUT_FRAME_BYTES)
-        slow: list[Sink] = []
-        sent = self._pass(self._staff, out, True, staff_start, slow)
-        skip = out.empty_for_students(0) and len(batches) < MAX_DEFERRED
-        if skip:
-            self._deferred = batches
-        else:
-            self._deferred = []
-            sent += self._pass(self._students, out, False, 0, slow)
-        for sink, seq in list(self._newcomers.items()):
-            staff = sink.member.role.is_staff
-            if skip and not staff:
-                continue
-            del self._newcomers[sink]
-            self._group(sink.member)[sink] = None
-            start = out.start_of(seq)
-            if sink.member.user_id in out.personal:
-                frames = out.personal_frames(sink.member, start)
-            else:
-                frames = out.shared(staff, start)
-            for frame in frames:
-                if not sink.offer(frame):
-                    slow.append(sink)
-                    break
-            sent += len(frames)
-        self._metrics.frames_sent += sent
-        for sink in slow:
-            self._too_slow(sink)
-        self.pass_s = perf_counter() - started
-        rest = max(MIN_FLUSH_INTERVAL_S, self.pass_s * FLUSH_REST_RATIO)
-        self._next_flush_at = asyncio.get_running_loop().time() + rest
-
-    @staticmethod
-    def _pass(
-        group: dict[Sink, None],
-        out: Outgoing,
-        staff: bool,
-        start: int,
-        slow: list[Sink],
-    ) -> int:
-        # The hot loop: one shared list of frames for almost everyone.
-        shared = out.shared(staff, start)
-        personal = out.personal
-        sent = 0
-        for sink in group:
-            frames = shared
-            try:
-                if personal and sink.member.user_id in personal:
-                    frames = out.personal_frames(sink.member, start)
-                for frame in frames:
-                    if not sink.offer(frame):
-                        slow.append(sink)
-                        break
-            except Exception:
-                # One broken connection must not cost the others their
-                # frames; it is closed like a slow one (and can resume).
-                logger.exception(
-                    "sending to a member failed",
-                    extra={"user_id": sink.member.user_id},
-                )
-                slow.append(sink)
-            sent += len(frames)
-        return sent
-
-    def _group(self, member: Member) -> dict[Sink, None]:
-        return self._staff if member.role.is_staff else self._students
+        """Deliver every batch to every member now (before closing some)."""
+        self.sweeper.flush()
 
     def _offer(self, sink: Sink, frame: str) -> None:
         if sink.offer(frame):
@@ -597,9 +476,9 @@ class ClassRoom:
     def _attach(self, sink: Sink, frames: list[str]) -> None:
         self.sinks.setdefault(sink.member.user_id, []).append(sink)
         self.connections += 1
-        # Its first frames end at the current position; pending batches
-        # up to there are already in them.
-        self._newcomers[sink] = self.state.seq
+        # Its first frames end at the current position; batches not yet
+        # delivered up to there are already in them.
+        self.sweeper.add(sink)
         for frame in frames:
             if not sink.offer(frame):
                 self._too_slow(sink)
@@ -690,9 +569,7 @@ class ClassRoom:
         if not sinks or sink not in sinks:
             return False
         sinks.remove(sink)
-        self._students.pop(sink, None)
-        self._staff.pop(sink, None)
-        self._newcomers.pop(sink, None)
+        self.sweeper.remove(sink)
         if not sinks:
             del self.sinks[sink.member.user_id]
             self.validator.forget(sink.member.user_id)

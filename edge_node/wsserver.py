@@ -55,16 +55,32 @@ member's first frames (a welcome, or the entries a resuming member
 missed) come on top: they are not a sign of slowness.
 """
 
+STAFF_MAX_BUFFERED_BYTES = 1024 * 1024
+""":data:`MAX_BUFFERED_BYTES` for staff: a class has few of them, they see
+every member come and go (ten thousand joins are over a megabyte), and
+cutting the teacher off as too slow would stop the class for everyone."""
+
 SOCKET_SEND_BUFFER = 16 * 1024
 """The kernel send buffer of a member's socket.
 
 Fixed rather than grown by the kernel (up to megabytes each): a pass
 writes a few frames of 32 KiB at most to a member, and one that cannot
-take that much is slow.
+take that much is slow. Set on the listening socket, whose connections
+inherit it, so that a join costs no extra system call.
 """
+
+HTTP_SEND_BUFFER = 4 * 1024 * 1024
+"""The kernel send buffer of a connection handed to the HTTP side (media
+segments, health, metrics), which must not keep the members' small one;
+the kernel caps it at ``net.core.wmem_max``."""
 
 CLOSE_TIMEOUT_S = 2.0
 """How long a closing connection may take to answer the close handshake."""
+
+SLOW_CLOSE_TIMEOUT_S = 30.0
+""":data:`CLOSE_TIMEOUT_S` for a member closed as too slow: its close frame
+is queued behind what it has not read (a few dozen KB at most), and it
+should get to read the reason before the connection is cut."""
 
 KEEPALIVE_S = 30.0
 """How often members are pinged; one that sent nothing for two rounds is cut."""
@@ -199,7 +215,7 @@ class MemberConnection(asyncio.Protocol):
         self._slow = False
         if self.transport is not None:
             # The first frames' allowance is spent once they drained.
-            self.transport.set_write_buffer_limits(high=MAX_BUFFERED_BYTES)
+            self.transport.set_write_buffer_limits(high=self._allowance())
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
@@ -241,7 +257,10 @@ class MemberConnection(asyncio.Protocol):
         self.state = State.CLOSING
         self._write(close_frame(code, reason))
         loop = asyncio.get_running_loop()
-        self._closer = loop.call_later(CLOSE_TIMEOUT_S, self.abort)
+        timeout = (
+            SLOW_CLOSE_TIMEOUT_S if code == CloseCode.TOO_SLOW else CLOSE_TIMEOUT_S
+        )
+        self._closer = loop.call_later(timeout, self.abort)
 
     def abort(self) -> None:
         """Drop the connection without a handshake (and its buffer)."""
@@ -284,9 +303,6 @@ class MemberConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.set_write_buffer_limits(high=MAX_BUFFERED_BYTES)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self._head = [accept_response(upgrade.accept)]
         self.state = State.JOINING
         self._admit(upgrade.query, rest)
@@ -298,6 +314,9 @@ class MemberConnection(asyncio.Protocol):
         assert transport is not None
         self._server.connections.discard(self)
         self._head = None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SEND_BUFFER)
         if factory is None:
             transport.abort()
             return
@@ -396,8 +415,13 @@ class MemberConnection(asyncio.Protocol):
         transport = self.transport
         if isinstance(head, list) and transport and not transport.is_closing():
             data = b"".join(head)
-            transport.set_write_buffer_limits(high=MAX_BUFFERED_BYTES + len(data))
+            transport.set_write_buffer_limits(high=self._allowance() + len(data))
             transport.write(data)
+
+    def _allowance(self) -> int:
+        if self.member.role.is_staff:
+            return STAFF_MAX_BUFFERED_BYTES
+        return MAX_BUFFERED_BYTES
 
     def _refuse(self, refusal: Refusal) -> None:
         # As the close of an accepted WebSocket, so that clients read the
@@ -512,4 +536,6 @@ class MemberSite(web.TCPSite):
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
+        for sock in self._server.sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self._members.start()

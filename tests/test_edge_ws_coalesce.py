@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from liveclass.edge_node import room as room_module
+from liveclass.edge_node import sweep as sweep_module
 from liveclass.edge_node.fanout import Batch, Outgoing, split_items
 from liveclass.edge_node.room import ClassRoom
 from liveclass.origin.classlog import MemoryClassLog
@@ -101,10 +101,13 @@ def test_batches_coalesce_per_variant_with_personal_parts() -> None:
     ]
     (staff,) = chain(out.shared(True, 0), 0)
     assert "member.joined" in [e.type for e in staff.events]
-    # A member who joined at seq 4 starts with the batch after it.
-    (late,) = chain(out.shared(False, out.start_of(4)), 4)
+    # A member who has had the first three batches starts at the fourth,
+    # where the log position is 4; one who has had all gets nothing.
+    (late,) = chain(out.shared(False, 3), 4)
     assert texts([late]) == ["c"]
-    assert out.shared(False, out.start_of(6)) == []
+    assert out.shared(False, 4) == []
+    assert not out.quiet_for_students(3)
+    assert out.quiet_for_students(4)
 
 
 # --- in a class room ------------------------------------------------------------
@@ -147,7 +150,7 @@ async def room(log: MemoryClassLog) -> AsyncIterator[ClassRoom]:
 async def settle(room: ClassRoom, log: MemoryClassLog) -> None:
     head = await log.head("c1")
     for _ in range(300):
-        if room.state.seq >= head and room.pass_s >= 0 and not room._pending:
+        if room.state.seq >= head and room.sweeper.idle:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("room did not catch up")
@@ -164,7 +167,7 @@ async def test_batches_waiting_for_a_pass_go_out_together(
     assert await room.join(ann, None, 100) is None
     assert await room.join(tea, None, 100) is None
     # A slow previous pass: the next one waits, and batches pile up for it.
-    monkeypatch.setattr(room_module, "MIN_FLUSH_INTERVAL_S", 0.3)
+    monkeypatch.setattr(sweep_module, "MIN_REST_S", 0.3)
     room.flush()
     await room.apply([])  # an empty pass sets the interval
     room.flush()
@@ -182,7 +185,7 @@ async def test_batches_waiting_for_a_pass_go_out_together(
 async def test_a_frame_never_exceeds_the_limit(
     room: ClassRoom, log: MemoryClassLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(room_module, "MAX_OUT_FRAME_BYTES", 2000)
+    monkeypatch.setattr(room.sweeper, "max_frame", 2000)
     ann = FakeSink(ANN)
     assert await room.join(ann, None, 100) is None
     sent = [f"{i}:" + "x" * 300 for i in range(30)]
@@ -218,13 +221,13 @@ async def test_a_member_joining_between_batches_gets_only_later_ones(
 ) -> None:
     ann = FakeSink(ANN)
     assert await room.join(ann, None, 100) is None
-    monkeypatch.setattr(room_module, "MIN_FLUSH_INTERVAL_S", 0.5)
+    monkeypatch.setattr(sweep_module, "MIN_REST_S", 0.5)
     room.flush()
     await room.apply([])
     room.flush()
     await log.append("c1", [entry("before")])
     for _ in range(100):
-        if room._pending:
+        if not room.sweeper.idle:
             break
         await asyncio.sleep(0.005)
     bob = FakeSink(BOB)
@@ -235,3 +238,71 @@ async def test_a_member_joining_between_batches_gets_only_later_ones(
     welcome, *rest = bob.parsed()
     assert welcome.events[0].type == "welcome"
     assert texts(rest) == ["after"]
+
+
+# --- rounds that yield between chunks -------------------------------------------
+
+
+async def test_a_batch_arriving_mid_round_reaches_the_rest_in_that_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweep_module, "CHUNK", 2)
+    slow: list[FakeSink] = []
+    sweeper = sweep_module.Sweeper(32 * 1024, slow.append)  # type: ignore[arg-type]
+    sinks = [
+        FakeSink(Member(user_id=f"s{i}", name="S", role=Role.STUDENT)) for i in range(6)
+    ]
+    for sink in sinks:
+        sweeper.add(sink)
+    sweeper.send(Batch(0, 1, [chat(1, "a")]))
+    await asyncio.sleep(0)  # the first chunk: two members
+    assert [len(s.frames) for s in sinks] == [1, 1, 0, 0, 0, 0]
+    sweeper.send(Batch(1, 2, [chat(2, "b")]))
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    assert sweeper.idle and not slow
+    # Those visited late got both in one write; the early ones, two writes.
+    for sink in sinks[:2]:
+        assert [texts([f]) for f in chain(sink.frames, 0)] == [["a"], ["b"]]
+    for sink in sinks[2:]:
+        assert [texts([f]) for f in chain(sink.frames, 0)] == [["a", "b"]]
+
+
+async def test_flush_delivers_everything_at_once_even_mid_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweep_module, "CHUNK", 1)
+    sweeper = sweep_module.Sweeper(32 * 1024, lambda sink: None)
+    sinks = [
+        FakeSink(Member(user_id=f"s{i}", name="S", role=Role.STUDENT)) for i in range(4)
+    ]
+    tea = FakeSink(TEA)
+    for sink in [*sinks, tea]:
+        sweeper.add(sink)
+    sweeper.send(Batch(0, 1, [chat(1, "a")]))
+    await asyncio.sleep(0)
+    sweeper.send(Batch(1, 2, [chat(2, "b")]))
+    sweeper.flush()
+    assert sweeper.idle
+    for sink in [*sinks, tea]:
+        assert texts(chain(sink.frames, 0)) == ["a", "b"]
+
+
+async def test_a_member_leaving_mid_round_is_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweep_module, "CHUNK", 1)
+    sweeper = sweep_module.Sweeper(32 * 1024, lambda sink: None)
+    sinks = [
+        FakeSink(Member(user_id=f"s{i}", name="S", role=Role.STUDENT)) for i in range(3)
+    ]
+    for sink in sinks:
+        sweeper.add(sink)
+    sweeper.send(Batch(0, 1, [chat(1, "a")]))
+    await asyncio.sleep(0)
+    sweeper.remove(sinks[2])
+    for _ in range(10):
+        await asyncio.sleep(0.005)
+    assert sweeper.idle
+    assert [len(s.frames) for s in sinks] == [1, 1, 0]
+    assert len(sweeper) == 2
