@@ -48,6 +48,15 @@ RESUME_WINDOW = 10_000
 PRESENCE_INTERVAL_S = 1.0
 """Presence counts go out at most this often, and only when they change."""
 
+PRESENCE_WRITES_PER_S = 2000
+"""Writes a second that count updates alone may cost a room.
+
+A new count is one write to every member: in a room of 10,000 during a join
+storm, a count a second would be a tenth of the edge's time. Big rooms get
+their count less often (every five seconds at 10,000 members); other frames
+carry it sooner when there are any.
+"""
+
 CLOSE_GRACE_S = 2.0
 """How long after a poll's or question's end other edges wait before closing
 it themselves, in case the edge that opened it is gone."""
@@ -240,7 +249,7 @@ class ClassRoom:
             if deadline is not None:
                 timeout = min(timeout, max(0.01, deadline - now))
         if self._count_sent != self.state.presence.count:
-            wait = self._count_at + PRESENCE_INTERVAL_S - time.monotonic()
+            wait = self._count_at + self._count_interval() - time.monotonic()
             timeout = min(timeout, max(0.01, wait))
         return timeout
 
@@ -273,7 +282,9 @@ class ClassRoom:
             seq_from,
             self.state.seq,
             delivered,
-            views_all=self._presence_view(),
+            views_all=self._presence_view(
+                carried=any(e.audience is Audience.ALL for e in delivered)
+            ),
             views_staff=views_staff,
             views_user=views_user,
         )
@@ -308,13 +319,19 @@ class ClassRoom:
             }
             views.setdefault(user_id, []).append(Event(type="quiz.score", data=data))
 
-    def _presence_view(self) -> list[Event]:
+    def _presence_view(self, carried: bool = False) -> list[Event]:
+        """The count, when it changed and is due; ``carried``: the batch goes
+        to every member anyway, so a big room's count costs no extra write."""
         count = self.state.presence.count
         now = time.monotonic()
-        if count == self._count_sent or now - self._count_at < PRESENCE_INTERVAL_S:
+        interval = PRESENCE_INTERVAL_S if carried else self._count_interval()
+        if count == self._count_sent or now - self._count_at < interval:
             return []
         self._count_sent, self._count_at = count, now
         return [Event(type="presence.count", data={"count": count})]
+
+    def _count_interval(self) -> float:
+        return max(PRESENCE_INTERVAL_S, self.connections / PRESENCE_WRITES_PER_S)
 
     def _send(self, batch: Batch) -> None:
         self.sweeper.send(batch)

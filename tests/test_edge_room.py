@@ -201,3 +201,43 @@ async def test_removed_member_is_closed(room: ClassRoom, log: MemoryClassLog) ->
         CloseCode.REMOVED,
         "you were removed from this class",
     )
+
+
+async def test_a_big_room_gets_its_count_less_often_unless_a_frame_carries_it(
+    room: ClassRoom, log: MemoryClassLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from liveclass.edge_node import room as room_module
+
+    # Two writes a second for counts: two members get a count every second
+    # at most, three every 1.5 s.
+    monkeypatch.setattr(room_module, "PRESENCE_WRITES_PER_S", 2)
+    await room.ready.wait()
+    sinks = [
+        FakeSink(Member(user_id=f"u{i}", name="U", role=Role.STUDENT)) for i in range(3)
+    ]
+    for sink in sinks:
+        assert await room.join(sink, None, 100) is None
+
+    def joined(user: str) -> LogEvent:
+        return LogEvent(
+            type="member.joined",
+            audience=Audience.STAFF,
+            data={"user_id": user, "name": "X", "role": "student"},
+        )
+
+    def counts() -> list[int]:
+        return [
+            e["data"]["count"]
+            for e in sinks[0].events()
+            if e["type"] == "presence.count"
+        ]
+
+    room._count_at = time.monotonic() - 1.2  # a second since the last count
+    await log.append("c1", [joined("x1")])
+    await settle(room, log)
+    await asyncio.sleep(0.05)
+    assert counts() == []  # alone, it waits for 1.5 s
+    await log.append("c1", [chat("hello")])
+    await settle(room, log)
+    await asyncio.sleep(0.05)
+    assert counts() == [1]  # carried by a frame that goes to everyone
