@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-core", type=int, default=None, help="default: first allowed core"
     )
     p.add_argument(
+        "--edge-workers",
+        type=int,
+        default=1,
+        help="run the edge as `liveclass edge --workers N` on Redis (--redis-url), "
+        "on every core, the generator's included (default 1: one process on "
+        "--server-core)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="the class log of a multi-worker edge",
+    )
+    p.add_argument(
         "--generator-core",
         type=int,
         default=None,
@@ -118,9 +131,15 @@ def run_one(
     """Start one server, run the generator against it, stop it."""
     print(f"== {name}", file=sys.stderr, flush=True)
     try:
-        running = servers.start(
-            name, args.server_core, args.clients, logdir, args.edge_arg
-        )
+        cores = {args.server_core}
+        edge_args = list(args.edge_arg)
+        if name == "edge" and args.edge_workers > 1:
+            cores = set(os.sched_getaffinity(0)) | {args.server_core}
+            edge_args += [
+                f"--workers={args.edge_workers}",
+                f"--redis-url={args.redis_url}",
+            ]
+        running = servers.start(name, cores, args.clients, logdir, edge_args)
     except (ServerFailed, OSError, subprocess.SubprocessError) as exc:
         return {"error": f"did not start: {exc}"[:400]}
     try:
@@ -151,7 +170,7 @@ def run_one(
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=None,
-                preexec_fn=pinned(args.generator_core),
+                preexec_fn=pinned({args.generator_core}),
                 timeout=budget,
                 check=False,
             )
@@ -212,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 
+    where = f"server on core {args.server_core}"
+    if args.edge_workers > 1:
+        where = f"edge: {args.edge_workers} workers on every core, the others"
+        where += f" on core {args.server_core}"
     print(
         f"fan-out, {args.clients} clients, edge {report['edge_version']}, "
-        f"server on core {args.server_core}, generator on core "
-        f"{args.generator_core}"
+        f"{where}, generator on core {args.generator_core}"
     )
     slow_s = args.slow_seconds or 2 * args.seconds
     legend = (

@@ -51,12 +51,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pinned(core: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that pins the child to ``core`` and raises its
+def pinned(cores: set[int]) -> Callable[[], None]:
+    """A ``preexec_fn`` that pins the child to ``cores`` and raises its
     open-file limit to the hard limit (one descriptor a client)."""
 
     def setup() -> None:
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, cores)
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -103,7 +103,7 @@ class Running:
 
 
 def _spawn(
-    argv: list[str], core: int, log: Path, env: dict[str, str] | None = None
+    argv: list[str], cores: set[int], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -112,7 +112,7 @@ def _spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=pinned(core),
+            preexec_fn=pinned(cores),
             env=env,
         )
 
@@ -156,27 +156,30 @@ def install_node_ws() -> None:
 
 
 def start(
-    name: str, core: int, clients: int, logdir: Path, edge_args: list[str]
+    name: str, cores: set[int], clients: int, logdir: Path, edge_args: list[str]
 ) -> Running:
-    """Start server ``name`` pinned to ``core``, ready for ``clients``;
+    """Start server ``name`` pinned to ``cores``, ready for ``clients``;
     ``edge_args`` are extra flags for ``liveclass edge``."""
     port = free_port()
     log = logdir / f"{name}.log"
     if name == "edge":
-        return _start_edge(core, clients, logdir, edge_args)
+        return _start_edge(cores, clients, logdir, edge_args)
     if name == "node-ws":
         install_node_ws()
         env = dict(os.environ, NODE_PATH=str(NODE_DIR / "node_modules"))
         argv = ["node", str(BENCH / "peers" / "node_ws.js"), "--port", str(port)]
-        proc = _spawn(argv, core, log, env)
+        proc = _spawn(argv, cores, log, env)
     else:
-        proc = _spawn([sys.executable, *PEERS[name], "--port", str(port)], core, log)
+        argv = [sys.executable, *PEERS[name], "--port", str(port)]
+        proc = _spawn(argv, cores, log)
     _wait_port(port, proc, log)
     mode = "socketio" if name == "socketio" else "plain"
     return Running(name, port, mode, [proc], [log])
 
 
-def _start_edge(core: int, clients: int, logdir: Path, edge_args: list[str]) -> Running:
+def _start_edge(
+    cores: set[int], clients: int, logdir: Path, edge_args: list[str]
+) -> Running:
     work = Path(tempfile.mkdtemp(prefix="liveclass-bench-"))
     api_key, edge_key = secrets.token_hex(16), secrets.token_hex(16)
     origin_port, edge_port = free_port(), free_port()
@@ -197,7 +200,7 @@ def _start_edge(core: int, clients: int, logdir: Path, edge_args: list[str]) -> 
             "--key-file",
             str(work / "keys.pem"),
         ],
-        core,
+        cores,
         origin_log,
     )
     procs = [origin]
@@ -222,7 +225,7 @@ def _start_edge(core: int, clients: int, logdir: Path, edge_args: list[str]) -> 
                 "--no-transcode",
                 *edge_args,
             ],
-            core,
+            cores,
             edge_log,
         )
         procs.insert(0, edge)
