@@ -58,6 +58,15 @@ def add_parser(commands: Any) -> None:
     )
     flag(
         p,
+        "--drain-timeout",
+        env + "DRAIN_TIMEOUT",
+        10.0,
+        "seconds a drain (SIGTERM, or the origin's request) may take to move "
+        "the members to other edges before the edge stops anyway",
+        float,
+    )
+    flag(
+        p,
         "--loop",
         env + "LOOP",
         "auto",
@@ -93,19 +102,22 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ice_public_ip=args.ice_public_ip,
         ice_servers=repeated(args, "ice_server"),
         transcode=not args.no_transcode,
+        drain_timeout_s=args.drain_timeout,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve the edge until SIGINT or SIGTERM."""
+    """Serve the edge until SIGINT, or until a drain (SIGTERM, or the
+    origin's request) has moved its members; exit status 0 either way."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("give both --tls-cert and --tls-key, or neither")
+    if not args.drain_timeout >= 0:  # also refuses nan
+        raise ValueError(f"--drain-timeout {args.drain_timeout}: give 0 or more")
     if not args.redis_url:
         logging.getLogger("liveclass.edge_node").warning(
             "class log in process: no other edge and no origin can see this "
             "edge's classes; give --redis-url to join a fleet"
         )
-    from liveclass.cli.main import serve_until_signalled
     from liveclass.edge_node.app import run_edge
     from liveclass.edge_node.workers import check_workers, run_loop, run_workers
 
@@ -119,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         runner = await run_edge(config)
-        await serve_until_signalled(runner)
+        await runner.serve()
 
     run_loop(serve(), args.loop)
     return 0

@@ -1,12 +1,14 @@
 """The edge node's HTTP server: member WebSockets, health, ping, metrics.
 
 :func:`build_app` assembles one edge; :func:`run_edge` serves it and returns
-an :class:`EdgeRunner` to stop it with.
+an :class:`EdgeRunner` to stop it with, or to serve until a signal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from aiohttp import web
 from liveclass.edge_node.batcher import Batcher
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.edge_node.context import EdgeContext
+from liveclass.edge_node.drain import Drain
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.node import EdgeNode
 from liveclass.edge_node.origin_link import OriginLink
@@ -35,6 +38,9 @@ NODE_KEY: web.AppKey[EdgeNode] = web.AppKey("edge_node", EdgeNode)
 
 MEMBERS_KEY: web.AppKey[MemberServer] = web.AppKey("edge_members", MemberServer)
 """Where the app keeps the :class:`MemberServer` of its WebSocket members."""
+
+DRAIN_KEY: web.AppKey[Drain] = web.AppKey("edge_drain", Drain)
+"""Where the app keeps its :class:`~liveclass.edge_node.drain.Drain`."""
 
 
 def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Application:
@@ -56,12 +62,15 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
     )
     link = OriginLink(config, verifier, http, lambda: _heartbeat(node))
     node.refresh_keys = link.refresh_keys_soon
+    drain = Drain(node, batcher, link.farewell, config.drain_timeout_s)
+    link.on_drain_request = drain.request
 
     members = MemberServer(node)
     app = web.Application()
     app[NODE_KEY] = node
     app[MEMBERS_KEY] = members
     app[CONTEXT_KEY] = ctx
+    app[DRAIN_KEY] = drain
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/v1/ping", _ping)
     app.router.add_get("/metrics", _metrics)
@@ -93,7 +102,9 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
 
     async def on_shutdown(app: web.Application) -> None:
         # Close members before the server cancels their handlers, so they
-        # get GOING_AWAY and their member.left entries are flushed.
+        # get GOING_AWAY and their member.left entries are flushed. A drain
+        # still running is cut short: stopping means now.
+        await drain.cancel()
         await node.close()
         await members.close()
 
@@ -164,9 +175,56 @@ class EdgeRunner:
         """The member side of the running edge."""
         return self.app[NODE_KEY]
 
+    @property
+    def drain(self) -> Drain:
+        """The running edge's drain: ``runner.drain.start(why)`` begins it."""
+        return self.app[DRAIN_KEY]
+
     async def stop(self) -> None:
         """Close every member (GOING_AWAY), flush the batcher, stop serving."""
         await self.runner.cleanup()
+
+    async def serve(self) -> None:
+        """Serve until told to stop, then stop; how ``liveclass edge`` runs.
+
+        SIGTERM, or the origin's request, drains the edge (its members move
+        to other edges), then stops it. SIGINT, or a second SIGTERM, stops
+        it at once: members still here get ``GOING_AWAY``.
+        """
+        loop = asyncio.get_running_loop()
+        drain = self.drain
+        now = asyncio.Event()
+        terms = 0
+
+        def on_sigterm() -> None:
+            nonlocal terms
+            terms += 1
+            if terms == 1:
+                drain.start("SIGTERM")  # nothing new if the origin asked first
+            else:
+                logger.info("second SIGTERM: stopping now", extra=self._extra)
+                now.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, now.set)
+        ends = [
+            asyncio.ensure_future(drain.finished.wait()),
+            asyncio.ensure_future(now.wait()),
+        ]
+        try:
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            logger.info("stopping", extra=self._extra)
+            await self.stop()
+        finally:
+            for waiter in ends:
+                waiter.cancel()
+            # Only now: a signal during the stop must not interrupt it.
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+
+    @property
+    def _extra(self) -> dict[str, str]:
+        return {"edge_id": self.node.config.edge_id}
 
 
 async def run_edge(

@@ -38,6 +38,10 @@ class EdgeConfig:
     ice_public_ip: str | None = None
     ice_servers: list[str] = field(default_factory=list)
     heartbeat_s: float = 2.0
+    # How long a drain (SIGTERM, or the origin's request) may take to move
+    # the members elsewhere before the edge stops anyway: well within the
+    # 30 s container platforms usually allow between SIGTERM and SIGKILL.
+    drain_timeout_s: float = 10.0
     # Whether this process registers with the origin and sends heartbeats;
     # worker processes leave that to their parent, which sums their load.
     register: bool = True

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 10.0
 """How long a joining member waits for its class room to read the log."""
 
+DRAINING_REASON = "this edge is draining; connect to another edge"
+"""The reason sent with :data:`CloseCode.DRAINING`, to joiners and members."""
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -86,6 +89,8 @@ class EdgeNode:
         self.on_log_event: LogHook | None = None
         self.refresh_keys: Callable[[], Awaitable[bool]] | None = None
         self.draining = False
+        self.member_left = asyncio.Event()
+        """Set whenever a member leaves; a waiter clears it first."""
         self._tasks: set[asyncio.Task[Any]] = set()
         metrics.members = lambda: self.connections
         metrics.classes = lambda: len(self.rooms)
@@ -185,7 +190,7 @@ class EdgeNode:
                     CloseCode.PROTOCOL_ERROR, "last_seq must be a whole number >= 0"
                 )
         if self.draining:
-            return Refusal(CloseCode.DRAINING, "edge is draining; use another edge")
+            return Refusal(CloseCode.DRAINING, DRAINING_REASON)
         if self.connections >= self.config.capacity:
             return Refusal(
                 CloseCode.EDGE_FULL, "edge is full; try the next candidate edge"
@@ -217,7 +222,13 @@ class EdgeNode:
             del self.rooms[class_id]
 
     async def join(self, admission: Admission, sink: Sink) -> ClassRoom | Refusal:
-        """Put an admitted member in its class room and send its first frames."""
+        """Put an admitted member in its class room and send its first frames.
+
+        A member admitted before the edge began draining is refused, or,
+        once in its room, closed with ``DRAINING`` like the others.
+        """
+        if self.draining:
+            return Refusal(CloseCode.DRAINING, DRAINING_REASON)
         room = self.room(admission.class_id)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
@@ -233,6 +244,10 @@ class EdgeNode:
         self.batcher.add_now(
             admission.class_id, [self._presence_entry("member.joined", sink.member)]
         )
+        if self.draining:
+            # The drain began while this member's first frames were read,
+            # and closed the others without it: send it after them.
+            sink.close(CloseCode.DRAINING, DRAINING_REASON)
         return room
 
     def join_now(self, admission: Admission, sink: Sink) -> ClassRoom | Refusal | None:
@@ -251,6 +266,22 @@ class EdgeNode:
         )
         return room
 
+    def move_members(self) -> int:
+        """Close every member with ``DRAINING``, so that it resumes on
+        another edge; how many were asked. Call it once draining.
+
+        Each room first sends what it holds: the fewer entries a member
+        misses here, the fewer it fetches again there.
+        """
+        moved = 0
+        for room in list(self.rooms.values()):
+            room.flush()
+            for sinks in list(room.sinks.values()):
+                for sink in list(sinks):
+                    sink.close(CloseCode.DRAINING, DRAINING_REASON)
+                    moved += 1
+        return moved
+
     async def leave(self, room: ClassRoom, sink: Sink) -> None:
         """Forget a member whose connection, once joined, closed."""
         self.leave_now(room, sink)
@@ -266,6 +297,7 @@ class EdgeNode:
         self.batcher.add_now(
             room.class_id, [self._presence_entry("member.left", sink.member)]
         )
+        self.member_left.set()
 
     def _presence_entry(self, type_: str, member: Member) -> LogEvent:
         data: dict[str, Any] = {"user_id": member.user_id}

@@ -1,7 +1,8 @@
 """The edge's calls to the origin: public keys, registration, heartbeats.
 
 None of them is needed to serve members already admitted, so a failure is
-logged and retried, never fatal.
+logged and retried, never fatal. The answer to a heartbeat may ask the edge
+to drain (an admin's request at the origin); the link passes that on.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -29,7 +31,11 @@ _TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
 class OriginLink:
-    """Keeps the token verifier's keys fresh and the edge registered."""
+    """Keeps the token verifier's keys fresh and the edge registered.
+
+    ``on_drain_request``, when set, is called after each heartbeat whose
+    answer says an admin asked this edge to drain; it must return at once.
+    """
 
     def __init__(
         self,
@@ -41,6 +47,7 @@ class OriginLink:
         self.config = config
         self.verifier = verifier
         self.http = http
+        self.on_drain_request: Callable[[], None] | None = None
         self._heartbeat = heartbeat
         self._origin = config.origin_url.rstrip("/")
         self._last_keys_fetch = 0.0
@@ -57,22 +64,31 @@ class OriginLink:
                 asyncio.create_task(self._registry_loop(), name="edge-registry")
             )
 
-    async def farewell(self) -> None:
-        """Tell the origin this edge is leaving (a last heartbeat saying it
+    async def farewell(self) -> bool:
+        """Tell the origin this edge is leaving (a heartbeat saying it
         drains), so routing stops offering it now rather than after the
-        heartbeat timeout. Best effort: an unreachable origin times it out."""
+        heartbeat timeout; whether the origin took it.
+
+        Best effort: an unreachable origin times the edge out instead. An
+        edge that does not register (a worker) has nothing to say: True.
+        """
         if not self.config.register:
-            return
+            return True
+        beat = self._heartbeat().model_copy(update={"draining": True})
         try:
+            # A 404 is as good: an origin that does not know this edge
+            # offers it to nobody.
             await self._post(
                 f"/v1/edges/{self.config.edge_id}/heartbeat",
-                self._heartbeat().model_copy(update={"draining": True}).model_dump(),
+                beat.model_dump(),
                 allow_404=True,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.info(
                 "could not say goodbye to the origin: %s", exc, extra=self._extra
             )
+            return False
+        return True
 
     async def stop(self) -> None:
         """Stop both loops."""
@@ -137,15 +153,12 @@ class OriginLink:
                     await self._post("/v1/edges", self._registration().model_dump())
                     registered = True
                     logger.info("registered with the origin", extra=self._extra)
-                status = await self._post(
-                    f"/v1/edges/{self.config.edge_id}/heartbeat",
-                    self._heartbeat().model_dump(),
-                    allow_404=True,
-                )
-                if status == 404:
+                answer = await self._beat()
+                if answer is None:
                     # The origin forgot this edge (it restarted): register again.
                     registered = False
                     continue
+                self._answered(answer)
                 if not reachable:
                     logger.info("origin reachable again", extra=self._extra)
                 reachable = True
@@ -156,6 +169,31 @@ class OriginLink:
                     )
                 reachable = False
             await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _beat(self) -> dict[str, Any] | None:
+        """Send one heartbeat; the origin's answer, None if it does not know
+        this edge."""
+        async with self.http.post(
+            f"{self._origin}/v1/edges/{self.config.edge_id}/heartbeat",
+            json=self._heartbeat().model_dump(),
+            headers=self._headers(),
+            timeout=_TIMEOUT,
+        ) as resp:
+            if resp.status == 404:
+                return None
+            resp.raise_for_status()
+            try:
+                answer = await resp.json(content_type=None)
+            except ValueError:
+                answer = None
+        # An origin older than the drain request answers without it.
+        return answer if isinstance(answer, dict) else {}
+
+    def _answered(self, answer: dict[str, Any]) -> None:
+        # Every answer repeats the request until the edge has gone.
+        asked = answer.get("drain_requested") is True
+        if asked and self.on_drain_request is not None:
+            self.on_drain_request()
 
     def _registration(self) -> EdgeRegistration:
         c = self.config

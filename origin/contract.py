@@ -7,8 +7,10 @@ answers. Every record crossing the boundary is validated with these models.
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
-import uuid
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -52,6 +54,26 @@ class Audience(StrEnum):
     """Internal: read by edges and the origin, never sent to members."""
 
 
+class _EventIds:
+    """Unique entry ids without a system call each: a random 64-bit prefix
+    per process (drawn again in a forked child) and a counter."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+new_event_id = _EventIds()
+"""A fresh :attr:`LogEvent.id`: 32 hex digits, unique across processes."""
+
+
 class LogEvent(BaseModel):
     """One entry of a class log.
 
@@ -63,7 +85,7 @@ class LogEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seq: int = 0
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = Field(default_factory=new_event_id)
     type: str
     ts: float = Field(default_factory=time.time)
     edge_id: str = ""

@@ -107,7 +107,12 @@ class TokenSpec(BaseModel):
 
 
 class EdgeStatus(_Answer):
-    """An edge in the origin's registry."""
+    """An edge in the origin's registry.
+
+    ``draining`` is the edge's own word (it refuses new members and moves
+    its own); ``drain_requested`` says an admin asked it to drain and it
+    may not have heard yet; ``healthy`` whether routing offers it.
+    """
 
     edge_id: str
     public_url: str
@@ -115,6 +120,7 @@ class EdgeStatus(_Answer):
     members: int
     classes: dict[str, int]
     draining: bool
+    drain_requested: bool = False
     load: float
     seconds_since_heartbeat: float
     healthy: bool
@@ -259,6 +265,18 @@ class AdminClient:
         """Every edge the origin knows, healthy or not."""
         answer = await self._call("GET", "/v1/edges")
         return [EdgeStatus.model_validate(e) for e in answer["edges"]]
+
+    async def drain_edge(self, edge_id: str) -> EdgeStatus:
+        """Take an edge out of service without a gap for its members.
+
+        Routing stops offering the edge at once (the answer's ``healthy``
+        is false). At its next heartbeat, a few seconds later, the edge
+        refuses new members, moves its members to other edges (the SDK
+        resumes there from the last event it saw) and exits. Asking again
+        changes nothing. Raises :class:`AdminAPIError` (404) for an edge
+        the origin does not know.
+        """
+        return await self._model(EdgeStatus, "POST", f"/v1/edges/{edge_id}/drain")
 
     async def report(self, class_id: str) -> ClassReport:
         """Attendance, chat, polls, quizzes and recording of a class."""

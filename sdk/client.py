@@ -214,12 +214,14 @@ class Classroom:
 
     # --- joining ----------------------------------------------------------
 
-    async def _route(self) -> list[Candidate]:
+    async def _route(self, avoid: frozenset[str] = frozenset()) -> list[Candidate]:
+        """The origin's candidates, fastest first, without the ``avoid`` ids."""
         route: Route = await fetch_route(self._http, self.origin_url, self._token)
         self.class_id = route.class_id
-        candidates = route.candidates[: max(1, self.max_candidates)]
+        offered = [c for c in route.candidates if c.edge_id not in avoid]
+        candidates = offered[: max(1, self.max_candidates)]
         if not candidates:
-            raise NoEdgeAvailable([])
+            raise NoEdgeAvailable([(edge_id, "draining") for edge_id in avoid])
         return await order_by_latency(candidates, self.probe_timeout, self._http)
 
     async def _join_best(self, candidates: list[Candidate]) -> None:
@@ -419,21 +421,34 @@ class Classroom:
         if not self.reconnect:
             self._fail(ConnectionLost(f"connection closed ({code} {reason})"))
             return False
-        logger.info("connection to %s lost (%s %s)", self.edge_id, code, reason)
-        same_edge_first = code != p.CloseCode.DRAINING
+        avoid: frozenset[str] = frozenset()
+        if code == p.CloseCode.DRAINING:
+            # The edge is going away: straight to another, and not to this
+            # one even if the origin has not heard of the drain yet.
+            logger.info("edge %s is draining; moving to another edge", self.edge_id)
+            ids = {self.edge_id}
+            if self._candidate is not None:
+                ids.add(self._candidate.edge_id)
+            avoid = frozenset(ids)
+        else:
+            logger.info("connection to %s lost (%s %s)", self.edge_id, code, reason)
         try:
-            await self._rejoin(same_edge_first)
+            await self._rejoin(avoid)
         except LiveclassError as exc:
             self._fail(exc)
             return False
         return True
 
-    async def _rejoin(self, same_edge_first: bool) -> None:
-        """Join again with ``last_seq``, backing off between rounds."""
+    async def _rejoin(self, avoid: frozenset[str]) -> None:
+        """Join again with ``last_seq``, backing off between rounds.
+
+        The same edge is tried first, unless it is to be avoided: the edges
+        in ``avoid`` are skipped in every round.
+        """
         failure = "no attempt"
         for delay in RECONNECT_DELAYS_S:
             await asyncio.sleep(delay)
-            if same_edge_first and self._candidate is not None:
+            if not avoid and self._candidate is not None:
                 try:
                     await self._join(self._candidate)
                     return
@@ -447,7 +462,7 @@ class Classroom:
                     failure = str(exc)
             try:
                 # The edge may be gone or full: ask the origin again.
-                await self._join_best(await self._route())
+                await self._join_best(await self._route(avoid))
                 return
             except JoinRefused as exc:
                 if not exc.retry_elsewhere:

@@ -69,6 +69,8 @@ class CloseCode:
     EDGE_FULL = 4007
     CLASS_ENDED = 4008
     TOO_SLOW = 4009
+    # The edge is being taken down on purpose: it refuses new members and
+    # closes its own with this code; resume on another edge with last_seq.
     DRAINING = 4010
 
 

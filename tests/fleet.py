@@ -125,10 +125,12 @@ class Fleet:
         *,
         capacity: int | None = None,
         transcode: bool = False,
+        drain_timeout: float | None = None,
     ) -> str:
         """Start an edge; returns its base URL. With ``latitude``, the edge
         registers a location, so the origin ranks it without GeoIP; with
-        ``capacity``, it takes at most that many members."""
+        ``capacity``, it takes at most that many members; ``drain_timeout``
+        bounds its drain (SIGTERM, or the origin's request)."""
         port = free_port()
         args = [
             "edge",
@@ -147,6 +149,8 @@ class Fleet:
         ]
         if capacity is not None:
             args += ["--capacity", str(capacity)]
+        if drain_timeout is not None:
+            args += ["--drain-timeout", str(drain_timeout)]
         if not transcode:
             args.append("--no-transcode")
         if latitude is not None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
 import sys
+import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -16,7 +20,9 @@ from conftest import free_port
 
 from liveclass.edge_node.app import EdgeRunner, run_edge
 from liveclass.edge_node.config import EdgeConfig
+from liveclass.edge_node.node import DRAINING_REASON
 from liveclass.origin.classlog import ClassLog, MemoryClassLog
+from liveclass.origin.contract import LogEvent
 from liveclass.origin.tokens import KeyRing
 from liveclass.sdk.protocol import MAX_FRAME_BYTES, CloseCode, Frame, Role
 
@@ -53,6 +59,7 @@ class Origin:
         self.registered: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
+        self.drain_requested = False
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -81,7 +88,7 @@ class Origin:
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         self.heartbeats.append(await request.json())
-        return web.json_response({"ok": True})
+        return web.json_response({"drain_requested": self.drain_requested})
 
 
 class Client:
@@ -685,3 +692,123 @@ async def test_tls(
                 assert (await resp.json())["members"] == 1
     finally:
         await runner.stop()
+
+
+# --- draining ----------------------------------------------------------------
+
+
+class GatedLog(MemoryClassLog):
+    """A class log whose appends wait while ``gate`` is clear; ``held``
+    lists the entry types that waited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.held: list[str] = []
+
+    async def append(self, class_id: str, events: Sequence[LogEvent]) -> list[LogEvent]:
+        if not self.gate.is_set():
+            self.held += [event.type for event in events]
+        await self.gate.wait()
+        return await super().append(class_id, events)
+
+
+async def until(condition: Callable[[], object]) -> None:
+    """Wait up to :data:`TIMEOUT` for ``condition()`` to hold."""
+    async with asyncio.timeout(TIMEOUT):
+        # The state looked at is plain attributes, nothing to await.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_drain_appends_what_members_sent_before_moving_them(
+    start_edge: Any, connect: Connect, origin: Origin, class_id: str
+) -> None:
+    """Newcomers are refused at once and the origin is told; members are
+    sent away only once what they sent is in the class log."""
+    log = GatedLog()
+    edge = await start_edge(log)
+    tea = await connect(edge, "tea", Role.TEACHER)
+    ann = await connect(edge, "ann")
+    await tea.event("member.joined", user_id="ann")
+
+    log.gate.clear()
+    await ann.send(type="chat.send", text="last words")
+    await until(lambda: "chat.message" in log.held)
+    edge.drain.start("a test")
+
+    bob = await connect(edge, "bob", welcome=False)
+    assert await bob.closed() == (CloseCode.DRAINING, DRAINING_REASON)
+    await until(lambda: origin.heartbeats[-1]["draining"])
+    # The chat message is still on its way to the log: nobody moves yet.
+    await asyncio.sleep(0.2)
+    assert edge.node.connections == 2 and not edge.drain.finished.is_set()
+
+    log.gate.set()
+    for member in (tea, ann):
+        assert await member.closed() == (CloseCode.DRAINING, DRAINING_REASON)
+    await asyncio.wait_for(edge.drain.finished.wait(), TIMEOUT)
+    assert edge.node.connections == 0
+    entries = await log.read(class_id, 0)
+    assert [e.data["text"] for e in entries if e.type == "chat.message"] == [
+        "last words"
+    ]
+    left = sorted(e.data["user_id"] for e in entries if e.type == "member.left")
+    assert left == ["ann", "tea"]
+
+
+async def test_the_origin_can_ask_an_edge_to_drain(
+    start_edge: Any, connect: Connect, origin: Origin
+) -> None:
+    edge = await start_edge(MemoryClassLog())
+    ann = await connect(edge, "ann")
+    origin.drain_requested = True  # in the answer to the next heartbeat
+    assert await ann.closed() == (CloseCode.DRAINING, DRAINING_REASON)
+    await asyncio.wait_for(edge.drain.finished.wait(), TIMEOUT)
+    # Not stopped by itself (``liveclass edge`` does that): it refuses.
+    bob = await connect(edge, "bob", welcome=False)
+    assert (await bob.closed())[0] == CloseCode.DRAINING
+
+
+async def test_a_drain_is_bounded_by_its_timeout(
+    start_edge: Any, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    edge = await start_edge(MemoryClassLog(), drain_timeout_s=0.3)
+    # A member that reads nothing never answers the closing handshake
+    # (kept referenced: a collected client socket closes).
+    ann = await connect(edge, "ann")
+    caplog.set_level(logging.INFO, "liveclass.edge_node.drain")
+    started = time.monotonic()
+    edge.drain.start("a test")
+    await asyncio.wait_for(edge.drain.finished.wait(), TIMEOUT)
+    assert 0.3 <= time.monotonic() - started < 1.5
+    assert edge.node.connections == 1 and not ann.ws.closed
+    assert "drain timed out" in caplog.text
+
+
+async def test_sigterm_drains_then_stops(
+    origin: Origin, keyring: KeyRing, connect: Connect, tmp_path: Any
+) -> None:
+    """``EdgeRunner.serve``, as ``liveclass edge`` runs it."""
+    config = EdgeConfig(
+        port=free_port(),
+        origin_url=origin.url,
+        data_dir=tmp_path,
+        heartbeat_s=0.1,
+        transcode=False,
+    )
+    runner = await run_edge(config, MemoryClassLog())
+    serving = asyncio.create_task(runner.serve())
+    try:
+        runner.node.verifier.update(keyring.public_keys())
+        ann = await connect(runner, "ann")
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await ann.closed() == (CloseCode.DRAINING, DRAINING_REASON)
+        await asyncio.wait_for(serving, TIMEOUT)
+    finally:
+        if not serving.done():
+            serving.cancel()
+            await runner.stop()
+    assert runner.drain.finished.is_set()
+    assert origin.heartbeats[-1]["draining"] is True

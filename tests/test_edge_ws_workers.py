@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from conftest import free_port
 
 from liveclass.origin.tokens import KeyRing
-from liveclass.sdk.protocol import Frame, Role
+from liveclass.sdk.protocol import CloseCode, Frame, Role
 
 LIVECLASS = str(Path(sys.executable).with_name("liveclass"))
 TIMEOUT = 15.0
@@ -30,6 +30,7 @@ class Origin:
         self.keyring = keyring
         self.registered: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
+        self.drain_requested = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -49,7 +50,7 @@ class Origin:
         body = await request.json()
         body["edge_id"] = request.match_info["edge_id"]
         self.heartbeats.append(body)
-        return web.json_response({"ok": True})
+        return web.json_response({"drain_requested": self.drain_requested})
 
 
 @pytest.fixture
@@ -85,8 +86,25 @@ async def test_two_workers_serve_one_edge(
     edge_id = f"w-{uuid.uuid4().hex[:6]}"
     class_id = f"workers-{uuid.uuid4().hex}"
     log_path = tmp_path / "edge.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+    proc = _start_workers(edge_id, port, origin_url, redis_url, tmp_path)
+    try:
+        await _members_talk(port, keyring, class_id, fake, edge_id)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()
+
+
+def _start_workers(
+    edge_id: str, port: int, origin_url: str, redis_url: str, tmp_path: Path
+) -> subprocess.Popen[bytes]:
+    """``liveclass edge --workers 2``, logging to ``tmp_path / "edge.log"``."""
+    with (tmp_path / "edge.log").open("wb") as out:
+        return subprocess.Popen(
             [
                 LIVECLASS,
                 "edge",
@@ -107,16 +125,58 @@ async def test_two_workers_serve_one_edge(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+async def test_the_origin_drains_every_worker(
+    origin: tuple[Origin, str],
+    redis_url: str,
+    keyring: KeyRing,
+    tmp_path: Path,
+) -> None:
+    """The drain request reaches the parent; every worker's members are
+    closed with DRAINING and the edge exits 0."""
+    fake, origin_url = origin
+    port = free_port()
+    class_id = f"workers-{uuid.uuid4().hex}"
+    proc = _start_workers("w-drain", port, origin_url, redis_url, tmp_path)
     try:
-        await _members_talk(port, keyring, class_id, fake, edge_id)
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            await _healthy(http, url)
+            sockets = []
+            for i in range(6):
+                token = keyring.mint(class_id, f"u{i}", f"U{i}", Role.STUDENT)
+                ws = await http.ws_connect(
+                    f"{url}/v1/ws", params={"token": token, "v": "1"}
+                )
+                await ws.receive(timeout=TIMEOUT)  # the welcome
+                sockets.append(ws)
+            fake.drain_requested = True
+            for ws in sockets:
+                while (msg := await ws.receive(timeout=TIMEOUT)).type is WSMsgType.TEXT:
+                    pass
+                assert msg.type is WSMsgType.CLOSE, msg
+                assert msg.data == CloseCode.DRAINING
+        assert await asyncio.to_thread(proc.wait, 20) == 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, log_path.read_text()
+    assert fake.heartbeats[-1]["draining"] is True
+    log = (tmp_path / "edge.log").read_text()
+    assert "draining (asked by the origin)" in log
+
+
+async def _healthy(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(200):
+        try:
+            async with http.get(f"{url}/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} not healthy in 20 s")
 
 
 async def _members_talk(
@@ -124,14 +184,7 @@ async def _members_talk(
 ) -> None:
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+        await _healthy(http, url)
         # Enough connections that both workers get some (kernel hashing).
         sockets = []
         for i in range(8):

@@ -69,6 +69,7 @@ async def test_every_route_is_documented_and_back(
     assert served == documented
     assert ("post", "/v1/classes/{class_id}/tokens/bulk") in served
     assert ("get", "/v1/route") in served
+    assert ("post", "/v1/edges/{edge_id}/drain") in served
 
 
 def test_document_shape(document: dict[str, Any]) -> None:

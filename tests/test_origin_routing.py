@@ -14,7 +14,7 @@ from liveclass.origin.classlog import MemoryClassLog
 from liveclass.origin.clientaddr import client_address, parse_networks
 from liveclass.origin.config import OriginConfig
 from liveclass.origin.tokens import KeyRing
-from liveclass.sdk.admin import AdminClient
+from liveclass.sdk.admin import AdminAPIError, AdminClient
 from liveclass.sdk.protocol import Role
 
 API_KEY = "admin-secret"
@@ -156,6 +156,52 @@ async def test_route_offers_healthy_edges(start: Start, class_id: str) -> None:
         now[0] += 0.5
         answer = (await _route(http, token)).json()
         assert [c["edge_id"] for c in answer["candidates"]] == ["tokyo"]
+
+
+async def test_drain_request(start: Start, class_id: str) -> None:
+    """An admin drains an edge: routing drops it at once, its heartbeat
+    answer asks it to drain, and a new registration (a new process under
+    the same id) clears the request."""
+    origin = await start()
+    token = await _join_token(origin, class_id)
+    async with (
+        httpx.AsyncClient(base_url=origin.url) as http,
+        AdminClient(origin.url, API_KEY) as admin,
+    ):
+        for edge_id, port in (("e1", 9001), ("e2", 9002)):
+            await http.post(
+                "/v1/edges", json=registration(edge_id, LONDON, port), headers=EDGE
+            )
+
+        status = await admin.drain_edge("e1")
+        assert (status.edge_id, status.drain_requested) == ("e1", True)
+        assert not status.healthy and not status.draining
+        answer = (await _route(http, token)).json()
+        assert [c["edge_id"] for c in answer["candidates"]] == ["e2"]
+        assert (await admin.drain_edge("e1")).drain_requested, "asking twice"
+
+        beat = {"members": 3, "classes": {class_id: 3}}
+        answer = await http.post("/v1/edges/e1/heartbeat", json=beat, headers=EDGE)
+        assert answer.json()["drain_requested"] is True
+        answer = await http.post("/v1/edges/e2/heartbeat", json=beat, headers=EDGE)
+        assert answer.json()["drain_requested"] is False
+        # The edge says it drains; the request stands until it registers again.
+        draining = {**beat, "draining": True}
+        await http.post("/v1/edges/e1/heartbeat", json=draining, headers=EDGE)
+        e1 = {e.edge_id: e for e in await admin.edges()}["e1"]
+        assert (e1.draining, e1.drain_requested, e1.healthy) == (True, True, False)
+
+        with pytest.raises(AdminAPIError) as refused:
+            await admin.drain_edge("e9")
+        assert (refused.value.status, refused.value.code) == (404, "not_found")
+        answer = await http.post("/v1/edges/e2/drain", headers=EDGE)
+        assert answer.status_code == 401, "edges may not drain each other"
+
+        await http.post(
+            "/v1/edges", json=registration("e1", LONDON, 9001), headers=EDGE
+        )
+        answer = (await _route(http, token)).json()
+        assert sorted(c["edge_id"] for c in answer["candidates"]) == ["e1", "e2"]
 
 
 async def test_route_refuses_bad_tokens(

@@ -431,6 +431,31 @@ async def test_draining_edge_sends_the_member_elsewhere(make: Any) -> None:
         assert origin.calls == 2
 
 
+async def test_draining_edge_is_avoided_while_the_origin_still_offers_it(
+    make: Any,
+) -> None:
+    """The origin may not have heard of the drain yet: the SDK skips the
+    edge anyway, and resumes on the next one at once, without a gap."""
+    first, second = FakeEdge("first"), FakeEdge("second", ping_delay=0.05)
+    origin = await make(first, second)
+    async with sdk.connect(origin.url, "good") as room:
+        assert room.edge_id == "first"
+        # The draining edge would even accept again: it must not be asked.
+        for fake in (first, second):
+            fake.append("chat.message", text="two")
+        await first.drop(code=p.CloseCode.DRAINING, reason="draining")
+        await until(lambda: room.edge_id == "second")
+        assert len(first.joins) == 1
+        assert second.joins[-1]["last_seq"] == "1"
+        assert await chat_seqs(room, 1) == [2]
+
+        # The avoidance lasts one move: a later loss may go back there.
+        second.refuse = p.CloseCode.TRY_AGAIN_LATER
+        await second.drop(code=1011)
+        await until(lambda: room.edge_id == "first")
+        assert first.joins[-1]["last_seq"] == "2"
+
+
 async def test_removed_ends_the_stream_with_an_error(make: Any) -> None:
     edge = FakeEdge("a")
     origin = await make(edge)

@@ -1,4 +1,5 @@
-"""The edge registry's API: edges register and heartbeat, admins look."""
+"""The edge registry's API: edges register and heartbeat, admins look and
+drain."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def edge_info(registry: EdgeRegistry, record: EdgeRecord) -> EdgeInfo:
         classes=heartbeat.classes,
         cpu=heartbeat.cpu,
         draining=heartbeat.draining,
+        drain_requested=record.drain_requested,
         load=record.load,
         seconds_since_heartbeat=registry.age(record),
         healthy=registry.healthy(record),
@@ -40,7 +42,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     """POST /v1/edges/{edge_id}/heartbeat: an edge reports its load.
 
     404 means the origin does not know the edge (it restarted): register
-    again.
+    again. ``drain_requested`` in the answer asks the edge to drain.
     """
     beat = await body(request, EdgeHeartbeat)
     edge_id = request.match_info["edge_id"]
@@ -50,6 +52,25 @@ async def heartbeat(request: web.Request) -> web.Response:
     except UnknownEdge:
         raise not_found(f"edge {edge_id!r} (register it again)") from None
     return reply(edge_info(registry, record))
+
+
+async def drain_edge(request: web.Request) -> web.Response:
+    """POST /v1/edges/{edge_id}/drain: take an edge out of service gently.
+
+    Routing stops offering the edge at once. The edge learns of it in the
+    answer to its next heartbeat (every two seconds by default): it then
+    refuses new members, moves its members to other edges (close code 4010;
+    the SDK resumes elsewhere without a gap) and, run as ``liveclass edge``,
+    exits with status 0. Draining an edge again changes nothing. 404 for an
+    edge the origin does not know.
+    """
+    edge_id = request.match_info["edge_id"]
+    registry = state(request).registry
+    try:
+        record = registry.request_drain(edge_id)
+    except UnknownEdge:
+        raise not_found(f"edge {edge_id!r}") from None
+    return reply(edge_info(registry, record), status=202)
 
 
 async def list_edges(request: web.Request) -> web.Response:
@@ -87,6 +108,16 @@ OPERATIONS = [
         Auth.ADMIN,
         EdgeList,
         errors=(401,),
+    ),
+    Operation(
+        "POST",
+        "/v1/edges/{edge_id}/drain",
+        drain_edge,
+        "Drain an edge",
+        Auth.ADMIN,
+        EdgeInfo,
+        status=202,
+        errors=(401, 404),
     ),
 ]
 """The edge registry operations of the API."""

@@ -123,7 +123,15 @@ class EdgeInfo(BaseModel):
     members: int
     classes: dict[str, int]
     cpu: float
-    draining: bool
+    draining: bool = Field(
+        description="the edge says it drains: it refuses new members and "
+        "moves its own to other edges"
+    )
+    drain_requested: bool = Field(
+        default=False,
+        description="an admin asked the edge to drain; the answer to its "
+        "next heartbeat tells it so",
+    )
     load: float = Field(description="members / capacity")
     seconds_since_heartbeat: float
     healthy: bool = Field(description="offered by routing")
