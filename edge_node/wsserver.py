@@ -168,6 +168,7 @@ class MemberConnection(asyncio.Protocol):
         "_head",
         "_heard",
         "_parser",
+        "_sent_code",
         "_server",
         "_slow",
         "member",
@@ -184,6 +185,7 @@ class MemberConnection(asyncio.Protocol):
         self._parser: FrameParser | None = None
         self._closer: asyncio.TimerHandle | None = None
         self._slow = False
+        self._sent_code = 0
         self._heard = True
         self.member: Member = _NOBODY
         self.room: ClassRoom | None = None
@@ -255,6 +257,7 @@ class MemberConnection(asyncio.Protocol):
             self._uncork()  # frames already offered go before the close
         self._server.node.metrics.closes[code] += 1
         self.state = State.CLOSING
+        self._sent_code = code
         self._write(close_frame(code, reason))
         loop = asyncio.get_running_loop()
         timeout = (
@@ -453,7 +456,14 @@ class MemberConnection(asyncio.Protocol):
                 return
 
     def _message(self, message: Message) -> None:
-        if self.state is not State.OPEN or self.room is None:
+        if self.room is None:
+            return
+        if self.state is not State.OPEN and not (
+            self.state is State.CLOSING and self._sent_code in _MOVING
+        ):
+            # Messages sent before the member saw a close that asks it to
+            # move (a drain, a restart) are still taken: the member counted
+            # them as sent. After any other close they are not.
             return
         if message.opcode is Opcode.BINARY:
             self.close(CloseCode.UNSUPPORTED_DATA, "send JSON text messages")
@@ -488,6 +498,7 @@ class MemberConnection(asyncio.Protocol):
 
 
 _NOBODY = Member(user_id="", name="", role=Role.STUDENT)
+_MOVING = frozenset({CloseCode.DRAINING, CloseCode.GOING_AWAY})
 _PREFIX = b"GET " + WS_PATH
 
 

@@ -298,3 +298,43 @@ async def test_a_long_resume_is_not_taken_for_slowness(
         got += [e.data["text"] for e in frame.events if e.type == "chat.message"]
     assert got == texts
     assert edge.node.metrics.closes[CloseCode.TOO_SLOW] == 0
+
+
+async def test_a_message_sent_before_a_move_close_is_seen_is_kept(
+    edge: EdgeRunner, keyring: KeyRing, class_id: str
+) -> None:
+    ann = await RawClient.open(port_of(edge))
+    await ann.upgrade(query(keyring, class_id, "ann"))
+    await ann.frame()  # the welcome
+    edge.node.move_members()  # as a drain does: close with DRAINING
+    # Crossing the close on the wire: sent before the client read it.
+    ann.send(0x1, json.dumps({"type": "chat.send", "text": "in flight"}).encode())
+    code, _reason, _frames = await ann.until_close()
+    assert code == CloseCode.DRAINING
+    log = edge.node.log
+    texts: list[str] = []
+    for _ in range(200):
+        entries = await log.read(class_id, 0, 100)
+        texts = [e.data["text"] for e in entries if e.type == "chat.message"]
+        if texts:
+            break
+        await asyncio.sleep(0.01)
+    assert texts == ["in flight"]
+
+
+async def test_a_message_after_a_removal_close_is_dropped(
+    edge: EdgeRunner, keyring: KeyRing, class_id: str
+) -> None:
+    ann = await RawClient.open(port_of(edge))
+    await ann.upgrade(query(keyring, class_id, "ann"))
+    await ann.frame()
+    room = edge.node.rooms[class_id]
+    for sinks in list(room.sinks.values()):
+        for sink in sinks:
+            sink.close(CloseCode.REMOVED, "removed")
+    ann.send(0x1, json.dumps({"type": "chat.send", "text": "too late"}).encode())
+    code, _reason, _frames = await ann.until_close()
+    assert code == CloseCode.REMOVED
+    await asyncio.sleep(0.3)  # more than a batcher tick
+    entries = await edge.node.log.read(class_id, 0, 100)
+    assert not [e for e in entries if e.type == "chat.message"]
