@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,13 +16,13 @@ from liveclass.origin.api.http import Operation, authenticated, reply
 from liveclass.origin.api.meta import OPENAPI
 from liveclass.origin.api.models import ClassStatus
 from liveclass.origin.api.state import STATE, OriginState
-from liveclass.origin.classlog import ClassLog, open_log
+from liveclass.origin.classlog import ClassLog, ClassLogError, open_log
 from liveclass.origin.clientaddr import parse_networks
 from liveclass.origin.config import OriginConfig
 from liveclass.origin.errors import APIError, APIErrorCode, not_found
 from liveclass.origin.keys import load_keyring
 from liveclass.origin.openapi import build_document
-from liveclass.origin.reconcile import Reconcilers
+from liveclass.origin.reconcile import GROUP, Reconcilers
 from liveclass.origin.registry import EdgeRegistry
 from liveclass.origin.store import Store
 from liveclass.origin.tokens import KeyRing
@@ -40,6 +41,11 @@ OPERATIONS: list[Operation] = [
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Room for a bulk token request of the largest size, with long names."""
+
+RESUME_ENDED_WITHIN_S = 24 * 3600.0
+"""At start, classes that ended this recently are reconciled again if their
+log still holds entries not stored: the previous origin stopped before it
+caught up with them (during a database outage, say)."""
 
 
 @web.middleware
@@ -117,8 +123,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         origin.geoip = GeoIPReader(origin.config.geoip_db)
     for info in await origin.store.list_classes(ClassStatus.LIVE):
         origin.reconcilers.start(info.id)
+    await _resume_ended(origin)
     logger.info(
-        "origin ready: %d live classes resumed", len(origin.reconcilers.running())
+        "origin ready; classes being reconciled: %d", len(origin.reconcilers.running())
     )
     try:
         yield
@@ -130,6 +137,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if origin.owns_log:
             await origin.log.close()
         logger.info("origin stopped")
+
+
+async def _resume_ended(origin: OriginState) -> None:
+    """Reconcile the recently ended classes whose logs hold entries not
+    stored yet."""
+    since = time.time() - RESUME_ENDED_WITHIN_S
+    for info in await origin.store.list_classes(ClassStatus.ENDED, ended_after=since):
+        try:
+            backlog = await origin.log.backlog(info.id, GROUP)
+        except ClassLogError as exc:
+            logger.warning(
+                "class log unreachable (%s); ended classes are not checked "
+                "for entries left to store until the next start",
+                exc,
+            )
+            return
+        if backlog.total:
+            origin.reconcilers.start(info.id, ended_at=info.ended_at)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Redis and PostgreSQL are used for real. Where one is not listening, tests
 that need it fail under ``CI=true`` (CI must have it) and are skipped with a
-reason elsewhere.
+reason elsewhere. A test that breaks the database starts its own
+(``own_postgres``): the shared one is never stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from local_postgres import LocalPostgres, PostgresUnavailable
 
 REDIS_URL = os.environ.get("LIVECLASS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
@@ -72,6 +74,15 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         cluster.stop()
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def log_url(request: pytest.FixtureRequest) -> str:
+    """The class log's URL: the shared single Redis, then (the same test
+    again) a local three-node Redis Cluster."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue("redis_cluster_url"))
+
+
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1, and its key,
@@ -119,6 +130,24 @@ def postgres_url() -> str:
     """SQLAlchemy URL of the shared PostgreSQL database ``test``."""
     _need("PostgreSQL", "127.0.0.1", 5432)
     return POSTGRES_URL
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of this test's own, running: the test may stop
+    and start it. Deleted with its data after the test. Skipped where the
+    server binaries are missing, except under ``CI=true``."""
+    try:
+        server = LocalPostgres()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc}; CI must provide the PostgreSQL server binaries")
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture

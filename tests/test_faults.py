@@ -176,10 +176,10 @@ async def teach(
 
 @contextlib.asynccontextmanager
 async def fleet_of(
-    tmp_path: Path, redis_url: str, database_url: str = ""
+    tmp_path: Path, log_url: str, database_url: str = ""
 ) -> AsyncIterator[Fleet]:
     """A fleet whose processes are all stopped on the way out."""
-    fleet = Fleet(tmp_path, redis_url, database_url)
+    fleet = Fleet(tmp_path, log_url, database_url)
     try:
         yield fleet
     finally:
@@ -199,13 +199,13 @@ async def new_class(admin: AdminClient, title: str) -> str:
 @pytest.mark.slow
 @pytest.mark.redis
 async def test_edge_sigkill_moves_students_without_loss(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, log_url: str
 ) -> None:
     """Edge A dies (SIGKILL) while the teacher, on edge B, chats every
     100 ms: its students are on edge B within 5 s, and every student gets
     every message once, in order, with no gap in the numbers."""
     texts = numbered("kill", 40)
-    async with fleet_of(tmp_path, redis_url) as fleet:
+    async with fleet_of(tmp_path, log_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
         # Both edges stand in one place: without GeoIP the origin ranks by
         # load and class affinity. Edge A is small, so the class spans both.
@@ -289,13 +289,13 @@ async def test_edge_sigkill_moves_students_without_loss(
     ],
 )
 async def test_origin_restart_loses_no_chat(
-    tmp_path: Path, redis_url: str, stop: str
+    tmp_path: Path, log_url: str, stop: str
 ) -> None:
     """The origin stops (crash or SIGTERM) and starts again with the same
     key and store while the teacher chats: the edges carry the chat through,
     and the restarted origin's report holds every message once, in order."""
     texts = numbered("restart", 40)
-    async with fleet_of(tmp_path, redis_url) as fleet:
+    async with fleet_of(tmp_path, log_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
         for edge_id in ("edge-a", "edge-b"):
             await asyncio.to_thread(fleet.start_edge, edge_id, 48.85, 2.35)

@@ -158,11 +158,11 @@ async def moved_off(rooms: list[Classroom], edge_id: str) -> float:
 @pytest.mark.redis
 @pytest.mark.postgres
 async def test_drained_edges_move_their_students_without_a_gap(
-    tmp_path: Path, redis_url: str, postgres_url: str
+    tmp_path: Path, log_url: str, postgres_url: str
 ) -> None:
     """Edge A drains on SIGTERM, edge B on an admin's call, while the
     teacher chats on edge C: see the module doc for what must hold."""
-    async with fleet_of(tmp_path, redis_url, postgres_url) as fleet:
+    async with fleet_of(tmp_path, log_url, postgres_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
         async with (
             AdminClient(fleet.origin_url, API_KEY) as admin,

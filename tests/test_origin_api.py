@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,16 @@ async def test_no_tokens_for_ended_class(admin: AdminClient, class_id: str) -> N
 
 async def test_health(http: httpx.AsyncClient) -> None:
     answer = await http.get("/healthz")
-    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+    assert (answer.status_code, answer.json()) == (
+        200,
+        {
+            "status": "ok",
+            "store": "ok",
+            "class_log": "ok",
+            "reconciling": 0,
+            "backlog": 0,
+        },
+    )
 
 
 # --- bad requests --------------------------------------------------------
@@ -348,6 +358,57 @@ async def test_live_classes_resume_after_restart(
     assert [c["text"] for c in report.chat] == ["hi"]
 
 
+async def test_an_ended_class_left_unstored_is_resumed_at_start(
+    tmp_path: Path, port: int, memory_log: MemoryClassLog, keyring: KeyRing
+) -> None:
+    """The previous origin ended the class but stopped before storing all of
+    its log (the database was away, say): the next one finishes the job."""
+    from liveclass.origin.api.models import ClassStatus as Status
+    from liveclass.origin.contract import LogEvent
+    from liveclass.origin.reconcile import GROUP
+    from liveclass.origin.store import Store
+
+    config = OriginConfig(
+        port=port,
+        api_key=API_KEY,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/origin.db",
+        key_file=None,
+    )
+    first = await run_origin(config, log=memory_log, keyring=keyring)
+    async with AdminClient(first.url, API_KEY) as admin:
+        info = await admin.create_class("Physics")
+        await admin.start_class(info.id)
+    await first.stop()
+    chat = LogEvent(type="chat.message", actor="u1", data={"text": "hi", "name": "A"})
+    await memory_log.append(info.id, [chat, LogEvent(type="class.ended")])
+    store = Store.open(config.database_url)
+    try:
+        assert await store.transition(info.id, Status.LIVE, Status.ENDED)
+    finally:
+        await store.close()
+
+    second = await run_origin(config, log=memory_log, keyring=keyring)
+    try:
+        assert second.state.reconcilers.running() == [info.id]
+        async with AdminClient(second.url, API_KEY) as admin:
+            for _ in range(100):
+                report = await admin.report(info.id)
+                if report.chat:
+                    break
+                await asyncio.sleep(0.05)
+        assert [c["text"] for c in report.chat] == ["hi"]
+        assert (await memory_log.backlog(info.id, GROUP)).total == 0
+    finally:
+        await second.stop()
+
+    # Nothing left to store: the next start leaves the class alone.
+    third = await run_origin(config, log=memory_log, keyring=keyring)
+    try:
+        assert third.state.reconcilers.running() == []
+    finally:
+        await third.stop()
+
+
 @pytest.mark.postgres
 async def test_on_postgres(
     postgres_url: str,
@@ -408,7 +469,7 @@ async def test_tls(
         trust = ssl.create_default_context(cafile=str(cert_file))
         async with httpx.AsyncClient(verify=trust) as http:
             answer = await http.get(f"https://localhost:{port}/healthz")
-        assert answer.json() == {"status": "ok"}
+        assert answer.json()["status"] == "ok"
     finally:
         await server.stop()
 

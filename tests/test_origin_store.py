@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select
 
 from liveclass.origin.api.models import ClassInfo, ClassStatus
-from liveclass.origin.classlog import MemoryClassLog
+from liveclass.origin.classlog import Backlog, ClassLogError, MemoryClassLog
 from liveclass.origin.contract import Audience, LogEvent
-from liveclass.origin.reconcile import Reconciler, Reconcilers
+from liveclass.origin.outages import Dependency, Outages, Reachability
+from liveclass.origin.reconcile import (
+    CONSUMER,
+    GROUP,
+    Backoff,
+    Reconciler,
+    Reconcilers,
+    State,
+    StoreFailed,
+)
 from liveclass.origin.store import ClassExists, Store, schema
 
 TABLES = [
@@ -265,3 +276,215 @@ async def test_a_restarted_reconciler_refolds_open_poll_votes(
     assert report is not None
     [poll] = report.polls
     assert (poll.counts, poll.votes) == ([2, 1], 3)
+
+
+# --- the consumer group: acknowledged only after the commit ----------------
+
+
+class FlakyStore(Store):
+    """The store, but every call fails with ``error`` while ``down`` is set,
+    as a database that went away does."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.engine)
+        self.down = False
+        self.error: Exception = ConnectionRefusedError(111, "Connect call failed")
+        self.calls_while_down = 0
+        self._failed = asyncio.Event()
+
+    async def failures(self, count: int) -> None:
+        """Return once ``count`` calls have failed."""
+        while self.calls_while_down < count:
+            await self._failed.wait()
+
+    def _check(self) -> None:
+        if self.down:
+            self.calls_while_down += 1
+            self._failed.set()
+            self._failed = asyncio.Event()
+            raise self.error
+
+    async def offset(self, class_id: str) -> int:
+        self._check()
+        return await super().offset(class_id)
+
+    async def persist(self, class_id: str, entries: Sequence[LogEvent]) -> int:
+        self._check()
+        return await super().persist(class_id, entries)
+
+
+class AckFails(MemoryClassLog):
+    """An in-process log whose next ``fail_acks`` acknowledgements fail, as
+    when Redis goes away right after a commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_acks = 0
+
+    async def ack(self, class_id: str, group: str, seqs: Sequence[int]) -> None:
+        if self.fail_acks:
+            self.fail_acks -= 1
+            raise ClassLogError("connection reset")
+        await super().ack(class_id, group, seqs)
+
+
+async def test_a_failed_commit_leaves_entries_pending_for_the_retry(
+    store: Store, memory_log: MemoryClassLog, class_id: str
+) -> None:
+    flaky = FlakyStore(store)
+    story = await memory_log.append(class_id, class_story())
+    reconciler = Reconciler(flaky, memory_log, class_id, batch=6)
+    assert await reconciler.step() == 6
+
+    flaky.down = True
+    with pytest.raises(StoreFailed):
+        await reconciler.step()
+    reconciler.offset = None  # what run() does after a database failure
+    # Delivered, not acknowledged: still the log's, not lost.
+    assert await memory_log.backlog(class_id, GROUP) == Backlog(6, 2)
+
+    flaky.down = False
+    assert await reconciler.drain() == 8
+    assert await memory_log.backlog(class_id, GROUP) == Backlog(0, 0)
+    report = await store.report(class_id)
+    assert report is not None
+    # The votes batch was folded before the failure and again at the retry:
+    # each vote still counts once.
+    [poll] = report.polls
+    assert (poll.counts, poll.votes) == ([2, 1], 3)
+    assert [c.seq for c in report.chat] == [3, 4]
+    assert await store.offset(class_id) == story[-1].seq
+
+
+async def test_entries_committed_but_not_acked_are_not_stored_twice(
+    store: Store, class_id: str
+) -> None:
+    log = AckFails()
+    await log.append(class_id, class_story())
+    reconciler = Reconciler(store, log, class_id)
+    log.fail_acks = 1
+    with pytest.raises(ClassLogError):
+        await reconciler.step()
+    assert await store.offset(class_id) == 14  # committed...
+    assert (await log.backlog(class_id, GROUP)).pending == 14  # ...not acked
+
+    first = await store.report(class_id)
+    # A new origin: the pending entries come back, at or below the offset,
+    # and are acknowledged without being stored again.
+    again = Reconciler(store, log, class_id)
+    assert await again.drain() == 14
+    assert await log.backlog(class_id, GROUP) == Backlog(0, 0)
+    assert await store.report(class_id) == first
+
+
+async def test_a_restarted_reconciler_finishes_what_was_pending(
+    store: Store, memory_log: MemoryClassLog, class_id: str
+) -> None:
+    await memory_log.append(class_id, class_story())
+    # An origin delivered everything to itself and died before the commit.
+    await memory_log.create_group(class_id, GROUP, 0)
+    await memory_log.read_group(class_id, GROUP, CONSUMER)
+    assert await memory_log.backlog(class_id, GROUP) == Backlog(14, 0)
+
+    assert await Reconciler(store, memory_log, class_id).drain() == 14
+    report = await store.report(class_id)
+    assert report is not None
+    assert [c.text for c in report.chat] == ["hello", "spam"]
+    assert await memory_log.backlog(class_id, GROUP) == Backlog(0, 0)
+
+
+async def test_replayed_entries_are_stored_once(store: Store, class_id: str) -> None:
+    """The same entries (same ids, same numbers) read again from scratch, as
+    after Redis failed over to a replica that had not seen the acks."""
+    first_log, second_log = MemoryClassLog(), MemoryClassLog()
+    entries = await first_log.append(class_id, class_story())
+    await Reconciler(store, first_log, class_id).drain()
+    first = await store.report(class_id)
+
+    for entry in entries:
+        await second_log.append(class_id, [entry])
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            delete(schema.log_offsets).where(schema.log_offsets.c.class_id == class_id)
+        )
+    assert await Reconciler(store, second_log, class_id).drain() == 14
+
+    again = await store.report(class_id)
+    assert again == first
+    assert again is not None
+    assert len(again.chat) == 2 and len(again.attendance) == 3
+
+
+async def test_an_outage_is_logged_once_and_retried_with_a_capped_backoff(
+    store: Store,
+    memory_log: MemoryClassLog,
+    class_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = FlakyStore(store)
+    flaky.down = True
+    outages = Outages()
+    reconciler = Reconciler(
+        flaky,
+        memory_log,
+        class_id,
+        wait_s=0.02,
+        retry_s=0.01,
+        max_retry_s=0.04,
+        outages=outages,
+    )
+    caplog.set_level(logging.DEBUG, logger="liveclass.origin")
+    task = asyncio.create_task(reconciler.run())
+    await memory_log.append(class_id, [joined("u1"), chat("u1", "during")])
+    await asyncio.wait_for(flaky.failures(15), 10)
+    assert reconciler.state is State.STORE_UNREACHABLE
+    assert outages.state(Dependency.STORE) is Reachability.UNREACHABLE
+
+    flaky.down = False
+    await memory_log.append(class_id, [LogEvent(type="class.ended")])
+    await asyncio.wait_for(task, 10)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("database unreachable (")
+    assert warnings[1].startswith("database reachable again after ")
+    assert outages.state(Dependency.STORE) is Reachability.OK
+    report = await store.report(class_id)
+    assert report is not None
+    assert [c.text for c in report.chat] == ["during"]
+
+
+async def test_a_database_refusal_is_logged_once_with_its_cause(
+    store: Store,
+    memory_log: MemoryClassLog,
+    class_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = FlakyStore(store)
+    flaky.down = True
+    flaky.error = ValueError("column missing")
+    reconciler = Reconciler(
+        flaky, memory_log, class_id, wait_s=0.02, retry_s=0.01, max_retry_s=0.02
+    )
+    task = asyncio.create_task(reconciler.run())
+    await asyncio.wait_for(flaky.failures(10), 10)
+    assert reconciler.state is State.FAILING
+    flaky.down = False
+    await memory_log.append(class_id, [LogEvent(type="class.ended")])
+    await asyncio.wait_for(task, 10)
+
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        f"class {class_id}: could not persist (column missing); retrying",
+        f"class {class_id}: persisting again",
+    ]
+    assert warnings[0].exc_info is not None
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(0.5, 5.0)
+    delays = [backoff.next() for _ in range(8)]
+    assert 0.4 <= delays[0] <= 0.5
+    assert all(0.8 * 5.0 <= d <= 5.0 for d in delays[4:])
+    backoff.reset()
+    assert backoff.next() <= 0.5

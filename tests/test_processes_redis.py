@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
+def fleet(tmp_path: Path, log_url: str) -> Iterator[dict[str, Any]]:
     """An origin and two edges, each its own process, sharing Redis."""
     api_key, edge_key = "admin-secret", "edge-secret"
     origin_port = free_port()
@@ -42,7 +42,7 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
                     "--edge-key",
                     edge_key,
                     "--redis-url",
-                    redis_url,
+                    log_url,
                     "--database-url",
                     f"sqlite+aiosqlite:///{tmp_path / 'origin.db'}",
                     "--key-file",
@@ -69,7 +69,7 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
                         "--edge-key",
                         edge_key,
                         "--redis-url",
-                        redis_url,
+                        log_url,
                         "--data-dir",
                         str(tmp_path / f"e{n}"),
                     ],

@@ -6,10 +6,24 @@ the origin reads it to persist and reconcile. Two implementations share the
 embedded default) and Redis Streams (scale-out, single node or Cluster).
 """
 
-from liveclass.origin.classlog.base import ClassLog, ClassLogError, HistoryTrimmed
+from liveclass.origin.classlog.base import (
+    Backlog,
+    ClassLog,
+    ClassLogError,
+    GroupMissing,
+    HistoryTrimmed,
+)
 from liveclass.origin.classlog.memory import MemoryClassLog
 
-__all__ = ["ClassLog", "ClassLogError", "HistoryTrimmed", "MemoryClassLog", "open_log"]
+__all__ = [
+    "Backlog",
+    "ClassLog",
+    "ClassLogError",
+    "GroupMissing",
+    "HistoryTrimmed",
+    "MemoryClassLog",
+    "open_log",
+]
 
 
 def open_log(url: str | None) -> ClassLog:

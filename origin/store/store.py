@@ -96,12 +96,17 @@ class Store:
             row = result.mappings().first()
         return None if row is None else _class_info(row)
 
-    async def list_classes(self, status: ClassStatus | None = None) -> list[ClassInfo]:
-        """Every class (or those with ``status``), newest first."""
+    async def list_classes(
+        self, status: ClassStatus | None = None, *, ended_after: float | None = None
+    ) -> list[ClassInfo]:
+        """Every class (or those with ``status``, or that ended after the
+        time ``ended_after``), newest first."""
         table = schema.classes
         query = select(table).order_by(table.c.created_at.desc())
         if status is not None:
             query = query.where(table.c.status == status.value)
+        if ended_after is not None:
+            query = query.where(table.c.ended_at > ended_after)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_class_info(row) for row in rows]
@@ -144,9 +149,9 @@ class Store:
         """Store ``entries`` and move the class's offset past them, atomically.
 
         Returns the new offset, which never moves back. The entries and the
-        offset commit together, so after a crash the log is read again from
-        exactly the first entry not stored; storing is idempotent besides,
-        so a second reader (or a replay) stores nothing twice.
+        offset commit together, so a reader that finds an entry at or below
+        the offset after a crash knows it is stored; storing is idempotent
+        besides, so a second reader (or a replay) stores nothing twice.
         """
         if not entries:
             return await self.offset(class_id)
