@@ -158,7 +158,27 @@ class Fleet:
         url = f"http://127.0.0.1:{port}"
         self._start(edge_id, args, url)
         self.edges[edge_id] = url
+        self.wait_routable(edge_id)
         return url
+
+    def wait_routable(self, edge_id: str, timeout_s: float = 20.0) -> None:
+        """Wait until the origin lists ``edge_id`` as healthy: an edge
+        serves before its first heartbeat reaches the origin, and until then
+        routing does not offer it (a busy machine makes that gap long)."""
+        deadline = time.monotonic() + timeout_s
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(
+                    f"{self.origin_url}/v1/edges", headers=headers, timeout=5.0
+                )
+                edges = {e["edge_id"]: e for e in answer.json().get("edges", [])}
+                if edges.get(edge_id, {}).get("healthy"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the origin never listed {edge_id} as healthy")
 
     def _start(self, name: str, args: list[str], url: str) -> None:
         log = self.tmp_path / f"{name}.log"
