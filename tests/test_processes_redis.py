@@ -167,6 +167,8 @@ async def test_two_edge_processes_share_one_class(members: dict[str, Member]) ->
     await teacher.send(type="poll.open", question="Which edge?", options=["one", "two"])
     opened = await bob.until(lambda e: e["type"] == "poll.opened")
     poll_id = opened["data"]["poll_id"]
+    # Each edge takes votes once it has folded the opening: wait for both.
+    await ann.until(lambda e: e["type"] == "poll.opened")
     await ann.send(type="poll.vote", poll_id=poll_id, option=0)
     await bob.send(type="poll.vote", poll_id=poll_id, option=1)
     await bob.send(type="poll.vote", poll_id=poll_id, option=0)
