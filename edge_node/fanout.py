@@ -32,21 +32,25 @@ class Sink(Protocol):
         ...
 
 
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps`` without spaces, with one encoder made once instead of one
+per call (a third of the cost of a small event)."""
+
+
 def event_json(entry: LogEvent, staff: bool) -> str:
     """One log entry as the JSON of an :class:`Event` for staff or a student."""
     data = entry.data
     hidden = _STAFF_FIELDS.get(entry.type)
     if hidden and not staff:
         data = {k: v for k, v in data.items() if k not in hidden}
-    return json.dumps(
+    return compact_json(
         {
             "type": entry.type,
             "seq": entry.seq,
             "ts": entry.ts,
             "actor": entry.actor,
             "data": data,
-        },
-        separators=(",", ":"),
+        }
     )
 
 
