@@ -182,6 +182,33 @@ async def test_replay_stores_nothing_twice(
     assert again.attendance[2].left_at is None
 
 
+async def test_a_late_leave_from_the_old_edge_keeps_the_new_session_open(
+    store: Store, memory_log: MemoryClassLog, class_id: str
+) -> None:
+    def on(edge: str, entry: LogEvent) -> LogEvent:
+        entry.edge_id = edge
+        return entry
+
+    # Ada moves from edge A to edge B; A's leave reaches the log last. Bob
+    # has two devices on edge A and closes one.
+    entries = await memory_log.append(
+        class_id,
+        [
+            on("edge-a", joined("ada")),
+            on("edge-a", joined("bob", "Bob")),
+            on("edge-a", joined("bob", "Bob")),
+            on("edge-b", joined("ada")),
+            on("edge-a", left("ada")),
+            on("edge-a", left("bob")),
+        ],
+    )
+    await store.persist(class_id, entries)
+    report = await store.report(class_id)
+    assert report is not None
+    sessions = [(a.user_id, a.left_at is None) for a in report.attendance]
+    assert sessions == [("ada", False), ("bob", False), ("bob", True), ("ada", True)]
+
+
 async def test_class_end_closes_sessions(
     store: Store, memory_log: MemoryClassLog, class_id: str
 ) -> None:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Table, and_, update
+from sqlalchemy import Table, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -51,25 +51,34 @@ async def _member_joined(conn: AsyncConnection, cls: str, event: LogEvent) -> No
         name=event.data.get("name") or "",
         role=event.data.get("role") or "student",
         joined_at=event.ts,
+        edge_id=event.edge_id,
     )
     await conn.execute(statement.on_conflict_do_nothing())
 
 
 async def _member_left(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
-    # Only sessions opened before this entry: on replay, a later session of
-    # the same member must stay open.
+    # One connection ended: the oldest open session of this member on this
+    # edge, opened before this entry. Not a session on another edge (the
+    # member moved there, and this edge's entry came late), nor a later one
+    # (on replay it must stay open).
     table = schema.attendance
-    await conn.execute(
-        update(table)
+    oldest = (
+        select(table.c.id)
         .where(
             and_(
                 table.c.class_id == cls,
                 table.c.user_id == _field(event, "user_id", str),
+                table.c.edge_id == event.edge_id,
                 table.c.left_at.is_(None),
                 table.c.join_seq < event.seq,
             )
         )
-        .values(left_at=event.ts)
+        .order_by(table.c.join_seq)
+        .limit(1)
+        .scalar_subquery()
+    )
+    await conn.execute(
+        update(table).where(table.c.id == oldest).values(left_at=event.ts)
     )
 
 

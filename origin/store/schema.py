@@ -50,6 +50,9 @@ attendance = Table(
     Column("role", String(16), nullable=False),
     Column("joined_at", Double, nullable=False),
     Column("left_at", Double),
+    # The edge the member joined through: its member.left closes only
+    # that edge's session (the member may already be on another one).
+    Column("edge_id", String(64), nullable=False, server_default=""),
 )
 
 chat_messages = Table(
