@@ -102,19 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def edge_version() -> str:
-    """The commit that last touched edge_node/, and whether it has local
-    changes: the edge may be rewritten between runs."""
+def source_version(*folders: str) -> str:
+    """The commit that last touched ``folders`` (default: edge_node/), and
+    whether they have local changes: the code may be rewritten between
+    runs."""
+    folders = folders or ("edge_node",)
     try:
         commit = subprocess.run(
-            ["git", "log", "-1", "--format=%h %cI", "--", "edge_node"],
+            ["git", "log", "-1", "--format=%h %cI", "--", *folders],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "edge_node"],
+            ["git", "status", "--porcelain", "--", *folders],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # Read before the run: the edge may be committed to while it goes on.
-    version = edge_version()
+    version = source_version()
     results = {name: run_one(name, args, phases, logdir) for name in names}
 
     report = {

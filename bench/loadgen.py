@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-import socket
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.procstat import cpu_seconds, rss_kb, tree
-from bench.wsclient import Client, Stats, marker
+from bench.procstat import cpu_seconds, own_cpu_seconds, rss_kb, tree
+from bench.report import percentile_ms
+from bench.wsclient import Client, Stats, connect, marker
 
 PHASES = ("join", "idle", "broadcast", "slow", "chat")
 """The scenarios, in the order they run."""
@@ -81,12 +81,8 @@ class Generator:
     async def _connect(
         self, token: str, sampled: bool, rcvbuf: int | None = None
     ) -> Client | str:
-        """Open one client and wait until the server has accepted it.
-
-        ``rcvbuf`` sets a small receive buffer before connecting, so that the
-        window the client advertises matches it from the first packet on.
-        """
-        loop = asyncio.get_running_loop()
+        """Open one client and wait until the server has accepted it; why
+        not, if it was refused (see :func:`~bench.wsclient.connect`)."""
         signal = {
             "edge": b'"type":"welcome"',
             "socketio": b"40{",
@@ -100,28 +96,8 @@ class Generator:
             chain=self.cfg.mode == "edge",
             eio=self.cfg.mode == "socketio",
         )
-        try:
-            async with asyncio.timeout(20.0):
-                if rcvbuf is None:
-                    await loop.create_connection(
-                        lambda: client, self.cfg.host, self.cfg.port
-                    )
-                else:
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-                    sock.setblocking(False)
-                    try:
-                        await loop.sock_connect(sock, (self.cfg.host, self.cfg.port))
-                    except BaseException:
-                        sock.close()
-                        raise
-                    await loop.create_connection(lambda: client, sock=sock)
-                if not await client.settled:
-                    return f"closed {client.close_code or client.connect_error}"
-        except (OSError, TimeoutError) as exc:
-            client.abort()
-            return type(exc).__name__
-        return client
+        error = await connect(client, self.cfg.host, self.cfg.port, rcvbuf=rcvbuf)
+        return client if error is None else error
 
     def _text(self, phase: str, number: int) -> bytes:
         text = marker(phase, number)
@@ -142,7 +118,7 @@ class Generator:
         pids = cfg.server_pids
         cpu0 = cpu_seconds(pids)
         help0 = cpu_seconds(cfg.helper_pids)
-        gen0 = _own_cpu()
+        gen0 = own_cpu_seconds()
         started = time.monotonic()
 
         publisher = await self._connect(cfg.teacher_token, sampled=False)
@@ -167,7 +143,7 @@ class Generator:
 
         self.result["server_cpu_s"] = round(cpu_seconds(pids) - cpu0, 2)
         self.result["helper_cpu_s"] = round(cpu_seconds(cfg.helper_pids) - help0, 2)
-        self.result["generator_cpu_s"] = round(_own_cpu() - gen0, 2)
+        self.result["generator_cpu_s"] = round(own_cpu_seconds() - gen0, 2)
         self.result["wall_s"] = round(time.monotonic() - started, 1)
         for c in [*self.clients, publisher]:
             c.abort()
@@ -176,27 +152,21 @@ class Generator:
     async def _measure(self, name: str, body: Any) -> None:
         """Run one phase; add its server and generator CPU use."""
         pids = self.cfg.server_pids
-        cpu0, gen0, t0 = cpu_seconds(pids), _own_cpu(), time.monotonic()
+        cpu0, gen0, t0 = cpu_seconds(pids), own_cpu_seconds(), time.monotonic()
         await self._settle()
         _log(f"{name}...")
         out: dict[str, Any] = await body()
         wall = time.monotonic() - t0
         out["wall_s"] = round(wall, 2)
         out["server_cpu_s"] = round(cpu_seconds(pids) - cpu0, 2)
-        out["generator_cpu_pct"] = round(100 * (_own_cpu() - gen0) / wall, 1)
+        out["generator_cpu_pct"] = round(100 * (own_cpu_seconds() - gen0) / wall, 1)
         self.result[name] = out
         _log(f"{name}: {out}")
 
-    async def _settle(self, limit_s: float = 60.0) -> None:
+    async def _settle(self) -> None:
         """Wait until the server is idle, so a phase does not pay for the
         backlog of the one before."""
-        pids = self.cfg.server_pids
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            before = cpu_seconds(pids)
-            await asyncio.sleep(0.5)
-            if cpu_seconds(pids) - before < 0.05:
-                return
+        await wait_idle(self.cfg.server_pids)
 
     async def _join_storm(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -219,7 +189,7 @@ class Generator:
                 self._narrow.add(id(client))
             return client
 
-        cpu0, gen0 = cpu_seconds(self.cfg.server_pids), _own_cpu()
+        cpu0, gen0 = cpu_seconds(self.cfg.server_pids), own_cpu_seconds()
         t0 = time.perf_counter()
         outcomes = await asyncio.gather(*(one(i) for i in range(cfg.clients)))
         elapsed = time.perf_counter() - t0
@@ -228,7 +198,7 @@ class Generator:
             "server_busy_pct": round(
                 100 * (cpu_seconds(self.cfg.server_pids) - cpu0) / elapsed, 1
             ),
-            "generator_busy_pct": round(100 * (_own_cpu() - gen0) / elapsed, 1),
+            "generator_busy_pct": round(100 * (own_cpu_seconds() - gen0) / elapsed, 1),
         }
         self.clients = [c for c in outcomes if isinstance(c, Client)]
         failures = Counter(o for o in outcomes if isinstance(o, str))
@@ -325,8 +295,8 @@ class Generator:
             "delivered": stats.delivered,
             "lost": max(0, expected - stats.delivered),
             "delivered_per_s": round(stats.delivered / (last_change - t0), 1),
-            "p50_ms": _pct(lat, 0.50),
-            "p99_ms": _pct(lat, 0.99),
+            "p50_ms": percentile_ms(lat, 0.50),
+            "p99_ms": percentile_ms(lat, 0.99),
             "latency_samples": len(lat),
             "closed_during": sum(1 for c in receivers if c.closed),
             "server_rss_peak_kb": rss_peak,
@@ -388,15 +358,17 @@ class Generator:
         return out
 
 
-def _pct(sorted_ns: list[int], q: float) -> float | None:
-    if not sorted_ns:
-        return None
-    return round(sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e6, 1)
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+async def wait_idle(
+    pids: list[int], limit_s: float = 60.0, quiet_cpu_s: float = 0.05
+) -> None:
+    """Return once ``pids`` used less than ``quiet_cpu_s`` of CPU in half a
+    second, or after ``limit_s`` seconds."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pids)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pids) - before < quiet_cpu_s:
+            return
 
 
 def _public(cfg: GenConfig) -> dict[str, Any]:
@@ -407,9 +379,12 @@ def _public(cfg: GenConfig) -> dict[str, Any]:
     return out
 
 
-def _loop_factory() -> Any:
-    # uvloop's read path is in C: several times less generator CPU per
-    # received frame, and that CPU is what limits the load one core offers.
+def loop_factory() -> Any:
+    """uvloop's loop factory when it is installed, else None (asyncio's).
+
+    uvloop's read path is in C: several times less generator CPU per
+    received frame, and that CPU is what limits the load one core offers.
+    """
     try:
         import uvloop
     except ImportError:
@@ -430,7 +405,7 @@ def main() -> None:
     raise_nofile()
     if cfg.clients + 100 > resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
         raise SystemExit("open-file limit too low for that many clients")
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(Generator(cfg).run())
     # Seen by the orchestrator: the last line is the result.
     print(json.dumps(result), flush=True)

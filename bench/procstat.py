@@ -1,8 +1,9 @@
-"""What the kernel says about a process: resident memory and CPU time."""
+"""What the kernel says about a process: resident memory, CPU time, sockets."""
 
 from __future__ import annotations
 
 import os
+import resource
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -35,6 +36,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def own_cpu_seconds() -> float:
+    """User plus system CPU seconds this process has used, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a server may fork workers), found by
     reading every process's parent from /proc."""
@@ -54,3 +61,38 @@ def tree(pid: int) -> list[int]:
         out.append(p)
         todo += parents.get(p, [])
     return out
+
+
+def socket_inodes(pids: list[int]) -> set[int]:
+    """The inodes of the sockets the processes hold open."""
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def tcp_to(remote_port: int) -> dict[int, int]:
+    """IPv4 TCP connections to ``remote_port``: socket inode to local port.
+
+    Read from /proc/net/tcp, whose addresses are hexadecimal ``addr:port``;
+    with :func:`socket_inodes` it tells which process holds which client
+    connection of a server, without asking the server.
+    """
+    found: dict[int, int] = {}
+    with open("/proc/net/tcp") as f:
+        next(f)  # the heading
+        for line in f:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
+                found[int(fields[9])] = int(fields[1].rsplit(":", 1)[1], 16)
+    return found

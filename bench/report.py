@@ -48,7 +48,9 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x"
 
 
-def _render(rows: list[list[str]]) -> str:
+def render(rows: list[list[str]]) -> str:
+    """Rows of cells as aligned text: the first column to the left, the others
+    to the right, a rule under the first row (the heading)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
@@ -58,6 +60,15 @@ def _render(rows: list[list[str]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def percentile_ms(sorted_ns: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0 to 1) of sorted nanoseconds, in milliseconds to
+    one decimal; None when there are none."""
+    if not sorted_ns:
+        return None
+    at = min(len(sorted_ns) - 1, int(q * len(sorted_ns)))
+    return round(sorted_ns[at] / 1e6, 1)
 
 
 def slow_codes(result: dict[str, Any]) -> str:
@@ -78,7 +89,7 @@ def table(
             rows.append([server, *(["-"] * len(COLUMNS))])
             continue
         rows.append([server, *(_fmt(get(result)) for _, get in COLUMNS)])
-    out = [legend, "", _render(rows)] if legend else [_render(rows)]
+    out = [legend, "", render(rows)] if legend else [render(rows)]
 
     if base in results and "error" not in results[base]:
         ratio_rows = [[f"ratio to {base}", *head[1:]]]
@@ -91,7 +102,7 @@ def table(
                     *(_ratio(get(result), get(results[base])) for _, get in COLUMNS),
                 ]
             )
-        out += ["", _render(ratio_rows)]
+        out += ["", render(ratio_rows)]
 
     out += ["", "slow readers closed (close code: count); generator CPU % per phase:"]
     for server, result in results.items():

@@ -102,9 +102,11 @@ class Running:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _spawn(
+def spawn(
     argv: list[str], cores: set[int], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` pinned to ``cores`` in the repository's folder, its
+    output going to ``log``."""
     with open(log, "wb") as out:
         return subprocess.Popen(
             argv,
@@ -117,7 +119,10 @@ def _spawn(
         )
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Return once ``proc`` listens on ``port``; raise :class:`ServerFailed`
+    (with the end of its ``log``) if it exits or is not listening within
+    30 s."""
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -168,13 +173,58 @@ def start(
         install_node_ws()
         env = dict(os.environ, NODE_PATH=str(NODE_DIR / "node_modules"))
         argv = ["node", str(BENCH / "peers" / "node_ws.js"), "--port", str(port)]
-        proc = _spawn(argv, cores, log, env)
+        proc = spawn(argv, cores, log, env)
     else:
         argv = [sys.executable, *PEERS[name], "--port", str(port)]
-        proc = _spawn(argv, cores, log)
-    _wait_port(port, proc, log)
+        proc = spawn(argv, cores, log)
+    wait_port(port, proc, log)
     mode = "socketio" if name == "socketio" else "plain"
     return Running(name, port, mode, [proc], [log])
+
+
+LIVECLASS = [sys.executable, "-m", "liveclass.cli.main", "--log-level", "WARNING"]
+"""The ``liveclass`` command, run by this interpreter."""
+
+
+def origin_argv(
+    port: int,
+    api_key: str,
+    edge_key: str,
+    database_url: str,
+    key_file: Path,
+    redis_url: str | None = None,
+) -> list[str]:
+    """The command line of ``liveclass origin``; without ``redis_url`` the
+    class log is the in-process one."""
+    argv = [
+        *LIVECLASS,
+        "origin",
+        f"--port={port}",
+        f"--api-key={api_key}",
+        f"--edge-key={edge_key}",
+        f"--database-url={database_url}",
+        f"--key-file={key_file}",
+    ]
+    return argv + ([f"--redis-url={redis_url}"] if redis_url else [])
+
+
+def edge_argv(
+    port: int, origin_port: int, edge_key: str, data_dir: Path, members: int
+) -> list[str]:
+    """The command line of ``liveclass edge``, sized for ``members`` in one
+    class, without media work; add ``--redis-url`` and ``--edge-id`` for
+    more than one edge."""
+    return [
+        *LIVECLASS,
+        "edge",
+        f"--port={port}",
+        f"--origin-url=http://127.0.0.1:{origin_port}",
+        f"--edge-key={edge_key}",
+        f"--data-dir={data_dir}",
+        f"--capacity={members + 100}",
+        f"--class-limit={members + 100}",
+        "--no-transcode",
+    ]
 
 
 def _start_edge(
@@ -183,54 +233,21 @@ def _start_edge(
     work = Path(tempfile.mkdtemp(prefix="liveclass-bench-"))
     api_key, edge_key = secrets.token_hex(16), secrets.token_hex(16)
     origin_port, edge_port = free_port(), free_port()
-    cli = [sys.executable, "-m", "liveclass.cli.main", "--log-level", "WARNING"]
     origin_log, edge_log = logdir / "origin.log", logdir / "edge.log"
-    origin = _spawn(
-        [
-            *cli,
-            "origin",
-            "--port",
-            str(origin_port),
-            "--api-key",
-            api_key,
-            "--edge-key",
-            edge_key,
-            "--database-url",
-            f"sqlite+aiosqlite:///{work}/origin.db",
-            "--key-file",
-            str(work / "keys.pem"),
-        ],
+    database = f"sqlite+aiosqlite:///{work}/origin.db"
+    origin = spawn(
+        origin_argv(origin_port, api_key, edge_key, database, work / "keys.pem"),
         cores,
         origin_log,
     )
     procs = [origin]
     try:
-        _wait_port(origin_port, origin, origin_log)
-        edge = _spawn(
-            [
-                *cli,
-                "edge",
-                "--port",
-                str(edge_port),
-                "--origin-url",
-                f"http://127.0.0.1:{origin_port}",
-                "--edge-key",
-                edge_key,
-                "--data-dir",
-                str(work / "edge"),
-                "--capacity",
-                str(clients + 100),
-                "--class-limit",
-                str(clients + 100),
-                "--no-transcode",
-                *edge_args,
-            ],
-            cores,
-            edge_log,
-        )
+        wait_port(origin_port, origin, origin_log)
+        argv = edge_argv(edge_port, origin_port, edge_key, work / "edge", clients)
+        edge = spawn([*argv, *edge_args], cores, edge_log)
         procs.insert(0, edge)
-        _wait_port(edge_port, edge, edge_log)
-        teacher, students = _mint(origin_port, api_key, clients)
+        wait_port(edge_port, edge, edge_log)
+        minted = mint(origin_port, api_key, clients)
     except BaseException:
         Running("edge", edge_port, "edge", procs, [], workdir=work).stop()
         raise
@@ -240,15 +257,25 @@ def _start_edge(
         "edge",
         procs,
         [edge_log, origin_log],
-        tokens=students,
-        teacher_token=teacher,
+        tokens=minted.students,
+        teacher_token=minted.teacher,
         workdir=work,
     )
 
 
-def _mint(port: int, api_key: str, clients: int) -> tuple[str, list[str]]:
-    """Create and start a class; mint the teacher's and students' tokens in
-    bulk through the admin API."""
+@dataclass
+class Minted:
+    """A live class and its members' join tokens."""
+
+    class_id: str
+    teacher: str
+    students: list[str]
+
+
+def mint(port: int, api_key: str, students: int) -> Minted:
+    """Create and start a class; mint the teacher's and ``students``
+    students' tokens (user ids ``s0``, ``s1``...) in bulk through the admin
+    API."""
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {api_key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=120.0) as http:
@@ -259,7 +286,7 @@ def _mint(port: int, api_key: str, clients: int) -> tuple[str, list[str]]:
         members = [{"user_id": "teacher", "name": "Teacher", "role": "teacher"}]
         members += [
             {"user_id": f"s{i}", "name": f"Student {i}", "role": "student"}
-            for i in range(clients)
+            for i in range(students)
         ]
         tokens: list[str] = []
         for at in range(0, len(members), 5000):
@@ -269,4 +296,26 @@ def _mint(port: int, api_key: str, clients: int) -> tuple[str, list[str]]:
             )
             r.raise_for_status()
             tokens += [t["token"] for t in r.json()["tokens"]]
-    return tokens[0], tokens[1:]
+    return Minted(class_id, tokens[0], tokens[1:])
+
+
+def start_redis(cores: set[int], logdir: Path) -> Running:
+    """A Redis server of our own on a free loopback port, pinned to ``cores``,
+    that keeps nothing on disk: its command counters see only the processes
+    under test. Raises :class:`ServerFailed` if ``redis-server`` is missing
+    or does not start."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerFailed("redis-server is not on PATH")
+    work = Path(tempfile.mkdtemp(prefix="liveclass-bench-redis-"))
+    port = free_port()
+    log = logdir / "redis.log"
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(work)]
+    argv += ["--save", "", "--appendonly", "no"]
+    proc = spawn(argv, cores, log)
+    try:
+        wait_port(port, proc, log)
+    except BaseException:
+        Running("redis", port, "redis", [proc], [log], workdir=work).stop()
+        raise
+    return Running("redis", port, "redis", [proc], [log], workdir=work)

@@ -142,6 +142,7 @@ class Client(asyncio.Protocol):
         # all (the publisher): a Stats whose phase letter never matches.
         self.own_stats: Stats | None = None
         self._buf = bytearray()
+        self._close_sent = False
         # True once the server accepted the client, False if it closed
         # first: one future to await per join, nothing to poll.
         self.settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -206,7 +207,7 @@ class Client(asyncio.Protocol):
             return False
         if self.chain:
             self._check_chain(data, start, size)
-        self._count(data, size)
+        self.received(data, size)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -251,10 +252,16 @@ class Client(asyncio.Protocol):
         if i == 0:
             return
         if texts:
-            self._count(buf, i)
+            self.received(buf, i)
         del buf[:i]
 
-    def _count(self, buf: bytes | bytearray, end: int) -> None:
+    def received(self, buf: bytes | bytearray, end: int) -> None:
+        """Handle the complete frames in ``buf[:end]``, headers included:
+        notice the join, count or time the phase's markers.
+
+        Called once per read with every frame completed by it; a subclass
+        that waits for something else in the frames extends it.
+        """
         stats = self.own_stats or Client.stats
         if self.state is State.WAITING:
             if buf.find(self.join_signal, 0, end) < 0:
@@ -289,9 +296,10 @@ class Client(asyncio.Protocol):
             self.close_code = (
                 struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
             )
-            # RFC 6455 section 5.5.1: answer the close, then let the server
-            # close the TCP connection.
-            self._send(Opcode.CLOSE, payload[:2])
+            # RFC 6455 section 5.5.1: answer the close (unless it answers
+            # ours), then let the server close the TCP connection.
+            if not self._close_sent:
+                self._send(Opcode.CLOSE, payload[:2])
             self._finish()
 
     # --- sending and closing -----------------------------------------------
@@ -303,6 +311,13 @@ class Client(asyncio.Protocol):
     def send_text(self, payload: bytes) -> None:
         """Send one text message."""
         self._send(Opcode.TEXT, payload)
+
+    def close(self, code: int = 1000) -> None:
+        """Start the closing handshake (RFC 6455 section 7.1.2): the server
+        handles what was sent before, answers and closes the connection.
+        Frames keep arriving until then."""
+        self._send(Opcode.CLOSE, struct.pack("!H", code))
+        self._close_sent = True
 
     def pause(self) -> None:
         """Stop reading: the client becomes a slow reader."""
@@ -346,3 +361,41 @@ class Client(asyncio.Protocol):
     def _settle(self, joined: bool) -> None:
         if not self.settled.done():
             self.settled.set_result(joined)
+
+
+async def connect(
+    client: Client,
+    host: str,
+    port: int,
+    *,
+    rcvbuf: int | None = None,
+    timeout_s: float = 20.0,
+) -> str | None:
+    """Open ``client`` to ``host:port`` and wait until the server accepts it.
+
+    Returns None once it is in, else why not: the close code, the HTTP
+    status line or the exception. ``rcvbuf`` sets a small receive buffer
+    before connecting, so that the window the client advertises matches it
+    from the first packet on.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            if rcvbuf is None:
+                await loop.create_connection(lambda: client, host, port)
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, (host, port))
+                except BaseException:
+                    sock.close()
+                    raise
+                await loop.create_connection(lambda: client, sock=sock)
+            if not await client.settled:
+                return f"closed {client.close_code or client.connect_error}"
+    except (OSError, TimeoutError) as exc:
+        client.abort()
+        return type(exc).__name__
+    return None

@@ -1,8 +1,10 @@
-"""The fan-out benchmark runs end to end in quick mode and finds no loss."""
+"""The benchmarks run end to end in quick mode: the fan-out finds no loss,
+the reconciliation poll is exact."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +57,47 @@ def test_quick_run_against_bare_asyncio_and_the_edge(tmp_path: Path) -> None:
             assert result[phase]["lost"] == 0, (name, result[phase])
     assert results["edge"]["broadcast"]["seq_gaps"] == 0
     assert results["edge"]["chat"]["refused_rate_limited"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs the redis-server binary"
+)
+def test_reconcile_quick_run_is_exact(tmp_path: Path) -> None:
+    # SQLite and a Redis of the run's own: only servers the run starts.
+    out = tmp_path / "reconcile.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.reconcile",
+            "--students",
+            "60",
+            "--vote-seconds",
+            "1",
+            "--database-url",
+            f"sqlite+aiosqlite:///{tmp_path}/origin.db",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "origin messages per vote" in proc.stdout
+
+    result = json.loads(out.read_text())
+    poll = result["poll"]
+    assert poll["joined"] == 60 and poll["moved"] == 6, poll
+    assert poll["votes_sent"] == 80 and poll["changed"] == 20, poll
+    assert poll["results_received"] == 60 and poll["results_exact"], poll
+    assert poll["seq_gaps"] == 0 and poll["errors"] == 0, poll
+    assert result["origin_stored"]["counts"] == poll["expected"]
+    assert result["goals"]["exact"]
+    # Every vote reached the log in a batch; the origin read each entry.
+    assert result["log"]["votes_in_batches"] == poll["votes_sent"]
+    assert result["origin"]["entries_read"] == result["log"]["entries"]
+    assert result["origin"]["replies"] > 0
