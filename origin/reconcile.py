@@ -102,7 +102,8 @@ class Reconciler:
 
     ``ended_at`` (seconds since the epoch) makes a reconciler for a class
     that has ended already: it stores what the log still holds for it, and
-    waits for a recording until ``after_end_s`` after that time.
+    waits for a recording until ``after_end_s`` after that time. Once caught
+    up, it reads again ``pace_s`` after its last read at the soonest.
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class Reconciler:
         *,
         batch: int = 1000,
         wait_s: float = 1.0,
+        pace_s: float = 0.5,
         retry_s: float = 0.5,
         max_retry_s: float = 5.0,
         after_end_s: float = 120.0,
@@ -124,6 +126,7 @@ class Reconciler:
         self.class_id = class_id
         self.batch = batch
         self.wait_s = wait_s
+        self.pace_s = pace_s
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.after_end_s = after_end_s
@@ -357,7 +360,7 @@ class Reconciler:
         try:
             while not (self.done and self.drained) and not self.stopping:
                 try:
-                    await self.step(self.wait_s)
+                    handled = await self.step(self.wait_s)
                 except asyncio.CancelledError:
                     raise
                 except ClassLogError as exc:
@@ -376,6 +379,11 @@ class Reconciler:
                 else:
                     self._running()
                     backoff.reset()
+                    if 0 < handled < self.batch and not self.done:
+                        # Caught up: let entries gather for a while, so that
+                        # a busy class costs a read a pace, not one per
+                        # append (nothing members see waits on the store).
+                        await self._pause(self.pace_s)
                     continue
                 delay = backoff.next()
                 logger.debug(
