@@ -1,9 +1,16 @@
-"""The per-edge batcher: every tick, one append per class to the class log."""
+"""The per-edge batcher: every tick, one append per class to the class log.
+
+When the class log does not answer (Redis down, paused or restarting), the
+batcher holds what members send and appends it once the log answers again,
+in the order it came; see :class:`Batcher`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from liveclass.origin.classlog import ClassLog, ClassLogError
@@ -12,10 +19,28 @@ from liveclass.origin.contract import LogEvent
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 50_000
-"""Entries held per class while the log is unreachable; beyond, new ones drop."""
+"""Entries held per class while the log does not answer. Beyond it, the
+edge refuses members' messages and joins (see :meth:`Batcher.full`)."""
+
+MAX_APPEND = 1000
+"""Entries per append: a backlog goes to the log in appends of this size,
+so that no single one holds Redis for long."""
+
+HOLD_AFTER_S = 1.0
+"""An append unanswered for this long means the log is not answering: what
+waits for it is shown to members as held (provisional chat) from then on."""
+
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 1.0
+"""The wait before retrying a failed append doubles from the first value to
+the second: a log that refuses connections costs a retry a second at most,
+and one that is back is used again within a second."""
 
 STOP_TIMEOUT_S = 5.0
 """How long stopping waits for a last append."""
+
+HeldHook = Callable[[str, list[LogEvent]], None]
+"""Called with a class id and entries members see that wait for its log."""
 
 # Internal batch types whose entries of one tick merge into one entry, keyed
 # by the item they belong to, with the list field that is concatenated.
@@ -70,6 +95,14 @@ class Batcher:
     what arrived during one append into the next. Votes, answers and
     presence changes wait for the tick (``tick_s``), so a vote storm costs
     the log one append per class per tick, whatever the number of votes.
+
+    When a class's log does not answer (an append failed, or has waited
+    :data:`HOLD_AFTER_S`), the class is *held*: its entries stay here, in
+    order, and go to the log when it answers again. ``on_held`` is called
+    once with each entry members see that is held, so that the edge can
+    show it to its own members meanwhile. Nothing is dropped; callers
+    refuse members' messages once :meth:`full` says the class holds
+    ``max_pending`` entries.
     """
 
     def __init__(
@@ -77,11 +110,25 @@ class Batcher:
         log: ClassLog,
         tick_s: float = 0.05,
         on_appended: Callable[[int], None] | None = None,
+        *,
+        max_pending: int = MAX_PENDING,
+        on_held: HeldHook | None = None,
     ) -> None:
         self.log = log
         self.tick_s = tick_s
+        self.max_pending = max_pending
+        self.on_held = on_held
+        self.append_errors = 0
+        """Appends that failed since start (each is retried)."""
         self._pending: dict[str, list[LogEvent]] = {}
         self._in_doubt: dict[str, list[LogEvent]] = {}
+        # Per class, the batches of the flush in progress not appended yet.
+        self._flying: dict[str, list[list[LogEvent]]] = {}
+        self._held: set[str] = set()
+        self._shown: set[str] = set()
+        self._down_since: float | None = None
+        self._retry_s = 0.0
+        self._retry_at = 0.0
         self._on_appended = on_appended
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -93,19 +140,40 @@ class Batcher:
         self.add_now(class_id, events)
 
     def add_now(self, class_id: str, events: Sequence[LogEvent]) -> None:
-        """:meth:`add` for callers that cannot await; it never waits anyway."""
-        pending = self._pending.setdefault(class_id, [])
-        if len(pending) + len(events) > MAX_PENDING:
-            logger.warning(
-                "class log backlog full; dropping %d entries",
-                len(events),
-                extra={"class_id": class_id},
-            )
-            return
-        pending.extend(events)
+        """:meth:`add` for callers that cannot await; it never waits anyway.
+
+        It never refuses either: what is accepted here is appended or, if
+        the edge stops first, logged as lost. Check :meth:`full` before
+        accepting a member's message.
+        """
+        self._pending.setdefault(class_id, []).extend(events)
+        if class_id in self._held:
+            self._show(class_id, events)
         if not self._urgent:
             self._urgent = any(e.type not in _TICKED for e in events)
         self._wake.set()
+
+    def held(self, class_id: str) -> int:
+        """Entries of ``class_id`` not appended yet (in flight included)."""
+        count = len(self._pending.get(class_id, ()))
+        count += len(self._in_doubt.get(class_id, ()))
+        return count + sum(len(b) for b in self._flying.get(class_id, ()))
+
+    def full(self, class_id: str) -> bool:
+        """Whether ``class_id`` holds ``max_pending`` entries: members'
+        messages and joins are refused until its log takes some."""
+        return self.held(class_id) >= self.max_pending
+
+    @property
+    def held_classes(self) -> int:
+        """Classes whose log is not answering."""
+        return len(self._held)
+
+    @property
+    def backlog(self) -> int:
+        """Entries waiting for the class log, in flight and retried included."""
+        classes = {*self._pending, *self._in_doubt, *self._flying}
+        return sum(self.held(c) for c in classes)
 
     def start(self) -> None:
         """Start flushing every tick."""
@@ -117,6 +185,7 @@ class Batcher:
 
         The flushing task is not cancelled but let finish, so that entries
         taken for an append in flight are neither lost nor appended twice.
+        What the log still has not taken then is lost, and logged as such.
         """
         self._stopping = True
         self._wake.set()
@@ -127,77 +196,160 @@ class Batcher:
                 logger.warning("class log flush did not finish; entries lost")
             self._task = None
         await self.flush()
+        if self.backlog:
+            logger.error(
+                "stopping with %d entries the class log never took; they are lost",
+                self.backlog,
+            )
 
     async def _run(self) -> None:
         # Ticked entries wait for the tick that follows the last append; an
-        # urgent one cuts the wait short. Appends never overlap: what comes
-        # during one goes with the next.
+        # urgent one cuts the wait short, but not the wait before a retry.
+        # Appends never overlap: what comes during one goes with the next.
         loop = asyncio.get_running_loop()
         last = -self.tick_s
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            wait = last + self.tick_s - loop.time()
-            if not self._stopping and not self._urgent and wait > 0:
-                try:
-                    async with asyncio.timeout(wait):
-                        # Woken early only if something urgent arrives.
-                        while not self._urgent and not self._stopping:
-                            await self._wake.wait()
-                            self._wake.clear()
-                except TimeoutError:
-                    pass
+            await self._pause(self._retry_at - loop.time(), urgent_cuts=False)
+            await self._pause(last + self.tick_s - loop.time(), urgent_cuts=True)
             last = loop.time()
             await self.flush()
 
+    async def _pause(self, delay: float, urgent_cuts: bool) -> None:
+        """Wait ``delay`` seconds, less if stopping (or, with ``urgent_cuts``,
+        if something urgent arrives)."""
+        if delay <= 0 or self._stopping or (urgent_cuts and self._urgent):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                while not self._stopping and not (urgent_cuts and self._urgent):
+                    await self._wake.wait()
+                    self._wake.clear()
+
     async def flush(self) -> None:
-        """Append every class's pending entries now, one append per class.
+        """Append every class's pending entries now, classes side by side.
 
         A batch whose append failed is retried first and alone, exactly as it
         was: the log may have stored it before the error reached us, and only
         an identical batch is recognised as a retry (and not stored twice).
+        Calls must not overlap (the batcher's task, or else its only user).
         """
         if not self._pending and not self._in_doubt:
             return
-        pending, self._pending = self._pending, {}
         self._urgent = False
-        batches = dict(self._in_doubt)
-        self._in_doubt.clear()
-        for class_id, events in pending.items():
-            if class_id in batches:
-                # The rest waits for the next tick, behind the retried batch.
-                self._pending[class_id] = events
-            else:
-                batches[class_id] = merge_batches(events)
-        classes = list(batches)
-        results = await asyncio.gather(
-            *(self.log.append(c, batches[c]) for c in classes),
-            return_exceptions=True,
-        )
-        for class_id, result in zip(classes, results, strict=True):
-            if isinstance(result, ClassLogError):
-                # Keep the batch and retry it next tick: an accepted message
-                # is not lost to a blip.
-                logger.warning(
-                    "class log append failed, will retry: %s",
-                    result,
-                    extra={"class_id": class_id},
-                )
-                self._in_doubt[class_id] = batches[class_id]
-                self._wake.set()
-            elif isinstance(result, BaseException):
-                logger.error(
-                    "class log append failed; entries dropped",
-                    exc_info=result,
-                    extra={"class_id": class_id},
-                )
-            elif self._on_appended is not None:
-                self._on_appended(len(result))
-        if self._pending:
+        self._flying = self._take()
+        try:
+            results = await asyncio.gather(
+                *(self._append_all(c, b) for c, b in self._flying.items())
+            )
+        finally:
+            self._flying = {}
+        if all(results):
+            self._retry_s = 0.0
+        else:
+            self._retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, 2 * self._retry_s))
+            self._retry_at = asyncio.get_running_loop().time() + self._retry_s
+        if self._pending or self._in_doubt:
             self._wake.set()
 
-    @property
-    def backlog(self) -> int:
-        """Entries waiting for the class log, retried batches included."""
-        held = sum(len(b) for b in self._in_doubt.values())
-        return held + sum(len(p) for p in self._pending.values())
+    def _take(self) -> dict[str, list[list[LogEvent]]]:
+        """The batches to append now, per class, in order."""
+        pending, self._pending = self._pending, {}
+        work = {c: [batch] for c, batch in self._in_doubt.items()}
+        self._in_doubt.clear()
+        for class_id, events in pending.items():
+            if class_id in work:
+                # The rest waits for the next flush, behind the retried batch.
+                self._pending[class_id] = events
+                continue
+            merged = merge_batches(events)
+            work[class_id] = [
+                merged[i : i + MAX_APPEND] for i in range(0, len(merged), MAX_APPEND)
+            ]
+        return work
+
+    async def _append_all(self, class_id: str, batches: list[list[LogEvent]]) -> bool:
+        """Append ``batches`` in order, removing each from the list once in
+        the log; False if one failed (it and the rest are kept)."""
+        while batches:
+            batch = batches[0]
+            try:
+                numbered = await self._append(class_id, batch)
+            except ClassLogError as exc:
+                # Keep the batch and retry it alone: an accepted message is
+                # not lost to an outage, nor stored twice.
+                self._in_doubt[class_id] = batch
+                rest = [e for b in batches[1:] for e in b]
+                batches.clear()
+                if rest:
+                    self._pending[class_id] = rest + self._pending.get(class_id, [])
+                self.append_errors += 1
+                self._hold(class_id, str(exc))
+                return False
+            except Exception:
+                batches.pop(0)
+                self._shown.difference_update(e.id for e in batch)
+                logger.exception(
+                    "class log append failed; entries dropped",
+                    extra={"class_id": class_id},
+                )
+                continue
+            batches.pop(0)
+            self._appended(class_id, batch, numbered)
+        return True
+
+    async def _append(self, class_id: str, batch: list[LogEvent]) -> list[LogEvent]:
+        """One append; the class is held if it takes :data:`HOLD_AFTER_S`."""
+        task = asyncio.ensure_future(self.log.append(class_id, batch))
+        done, _ = await asyncio.wait({task}, timeout=HOLD_AFTER_S)
+        if not done:
+            self._hold(class_id, f"an append has waited {HOLD_AFTER_S:.0f} s")
+        return await task
+
+    def _appended(
+        self, class_id: str, batch: list[LogEvent], numbered: list[LogEvent]
+    ) -> None:
+        if self._shown:
+            self._shown.difference_update(e.id for e in batch)
+        if self._on_appended is not None:
+            self._on_appended(len(numbered))
+        if class_id not in self._held:
+            return
+        self._held.discard(class_id)
+        if not self._held and self._down_since is not None:
+            logger.warning(
+                "class log answering again after %.1f s; appending the %d entries held",
+                time.monotonic() - self._down_since,
+                self.backlog,
+            )
+            self._down_since = None
+
+    def _hold(self, class_id: str, why: str) -> None:
+        """The log of ``class_id`` is not answering: show what waits for it."""
+        if class_id in self._held:
+            logger.debug("class log still not answering: %s", why)
+            return
+        self._held.add(class_id)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.warning(
+                "class log not answering (%s); holding what members send, up "
+                "to %d entries per class, until it does",
+                why,
+                self.max_pending,
+                extra={"class_id": class_id},
+            )
+        for batch in self._flying.get(class_id, ()):
+            self._show(class_id, batch)
+        self._show(class_id, self._in_doubt.get(class_id, ()))
+        self._show(class_id, self._pending.get(class_id, ()))
+
+    def _show(self, class_id: str, events: Sequence[LogEvent]) -> None:
+        """Pass entries members see to ``on_held``, each once."""
+        if self.on_held is None:
+            return
+        fresh = [e for e in events if e.type not in _TICKED and e.id not in self._shown]
+        if fresh:
+            self._shown.update(e.id for e in fresh)
+            self.on_held(class_id, fresh)

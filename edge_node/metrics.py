@@ -17,8 +17,12 @@ class Metrics:
         self.fanout_seconds = 0.0
         self.errors: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
+        self.provisional_chat = 0
         self.members: Callable[[], int] = lambda: 0
         self.classes: Callable[[], int] = lambda: 0
+        self.log_backlog: Callable[[], int] = lambda: 0
+        self.log_held_classes: Callable[[], int] = lambda: 0
+        self.log_append_errors: Callable[[], int] = lambda: 0
 
     def appended(self, count: int) -> None:
         """Count entries the batcher appended to class logs."""
@@ -48,6 +52,22 @@ class Metrics:
             "# HELP liveclass_edge_fanout_seconds_total CPU seconds spent in rounds.",
             "# TYPE liveclass_edge_fanout_seconds_total counter",
             f"liveclass_edge_fanout_seconds_total {self.fanout_seconds:.6f}",
+            "# HELP liveclass_edge_log_backlog Entries held for class logs, not "
+            "appended yet.",
+            "# TYPE liveclass_edge_log_backlog gauge",
+            f"liveclass_edge_log_backlog {self.log_backlog()}",
+            "# HELP liveclass_edge_log_held_classes Classes whose log is not "
+            "answering.",
+            "# TYPE liveclass_edge_log_held_classes gauge",
+            f"liveclass_edge_log_held_classes {self.log_held_classes()}",
+            "# HELP liveclass_edge_log_append_errors_total Appends that failed "
+            "(each is retried).",
+            "# TYPE liveclass_edge_log_append_errors_total counter",
+            f"liveclass_edge_log_append_errors_total {self.log_append_errors()}",
+            "# HELP liveclass_edge_provisional_chat_total Chat messages shown to "
+            "local members before the log numbered them.",
+            "# TYPE liveclass_edge_provisional_chat_total counter",
+            f"liveclass_edge_provisional_chat_total {self.provisional_chat}",
             "# HELP liveclass_edge_errors_total Client messages refused, by code.",
             "# TYPE liveclass_edge_errors_total counter",
         ]

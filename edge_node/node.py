@@ -23,9 +23,10 @@ from liveclass.edge_node.fanout import Sink, single
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.room import ClassRoom, LogHook
 from liveclass.edge_node.rules import error_event
+from liveclass.edge_node.rules.presence import presence_entry
 from liveclass.edge_node.rules.validate import MESSAGE_TYPES
 from liveclass.origin.classlog import ClassLog
-from liveclass.origin.contract import Audience, LogEvent
+from liveclass.origin.contract import LogEvent
 from liveclass.origin.tokens import TokenError, TokenExpired, TokenVerifier, UnknownKey
 from liveclass.sdk.protocol import (
     CLIENT_MESSAGE,
@@ -43,6 +44,10 @@ READY_TIMEOUT_S = 10.0
 
 DRAINING_REASON = "this edge is draining; connect to another edge"
 """The reason sent with :data:`CloseCode.DRAINING`, to joiners and members."""
+
+HELD_FULL_REASON = "class log unreachable and this edge holds all it can"
+"""Why joins are refused (:data:`CloseCode.TRY_AGAIN_LATER`) while the
+class's log does not answer and the edge holds as many entries as it may."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,10 @@ class EdgeNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         metrics.members = lambda: self.connections
         metrics.classes = lambda: len(self.rooms)
+        metrics.log_backlog = lambda: batcher.backlog
+        metrics.log_held_classes = lambda: batcher.held_classes
+        metrics.log_append_errors = lambda: batcher.append_errors
+        batcher.on_held = self._show_held
 
     @property
     def connections(self) -> int:
@@ -229,6 +238,8 @@ class EdgeNode:
         """
         if self.draining:
             return Refusal(CloseCode.DRAINING, DRAINING_REASON)
+        if self.batcher.full(admission.class_id):
+            return Refusal(CloseCode.TRY_AGAIN_LATER, HELD_FULL_REASON)
         room = self.room(admission.class_id)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
@@ -258,6 +269,8 @@ class EdgeNode:
         room = self.rooms.get(admission.class_id)
         if room is None or room.stopped or not room.ready.is_set():
             return None
+        if self.batcher.full(admission.class_id):
+            return Refusal(CloseCode.TRY_AGAIN_LATER, HELD_FULL_REASON)
         refusal = room.join_now(sink, admission.class_limit)
         if refusal is not None:
             return Refusal(*refusal)
@@ -300,16 +313,14 @@ class EdgeNode:
         self.member_left.set()
 
     def _presence_entry(self, type_: str, member: Member) -> LogEvent:
-        data: dict[str, Any] = {"user_id": member.user_id}
-        if type_ == "member.joined":
-            data |= {"name": member.name, "role": member.role.value}
-        return LogEvent(
-            type=type_,
-            edge_id=self.config.edge_id,
-            actor=member.user_id,
-            audience=Audience.STAFF,
-            data=data,
-        )
+        return presence_entry(type_, member, self.config.edge_id)
+
+    def _show_held(self, class_id: str, entries: list[LogEvent]) -> None:
+        """The batcher holds ``entries`` for a log that does not answer: the
+        class's room shows its members what they may see of them now."""
+        room = self.rooms.get(class_id)
+        if room is not None:
+            room.show_provisional(entries)
 
     # --- client messages -------------------------------------------------
 
@@ -324,6 +335,16 @@ class EdgeNode:
         already closed connections whose message was too big.
         """
         msg, error = parse(raw)
+        if error is None and self.batcher.full(room.class_id):
+            # Checked before the validator, whose limits and answered
+            # questions would count a message that is not taken.
+            error = error_event(
+                ErrorCode.UNAVAILABLE,
+                f"the class log is unreachable and this edge holds "
+                f"{self.batcher.max_pending} entries of this class, all it "
+                f"may; {msg.type} was not sent, try again later",
+                msg.ref,
+            )
         outcome_reply = []
         if error is not None:
             outcome_reply = [error]

@@ -28,6 +28,7 @@ from liveclass.edge_node.fanout import (
 )
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.rules import ClassState, Validator
+from liveclass.edge_node.rules.presence import presence_entry
 from liveclass.edge_node.rules.state import Folded
 from liveclass.edge_node.rules.validate import closing_entry
 from liveclass.edge_node.sweep import Sweeper
@@ -119,6 +120,11 @@ class ClassRoom:
         self._closing: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_at = 0.0
+        # Ids of this edge's chat entries shown as provisional, until the log
+        # gives them back numbered.
+        self._provisional: set[str] = set()
+        self._last_id: str | None = None  # of the last entry folded
+        self._unread_since: float | None = None  # reads failing since then
         self._extra = {"class_id": class_id, "edge_id": edge_id}
 
     # --- lifecycle -------------------------------------------------------
@@ -164,6 +170,8 @@ class ClassRoom:
         logger.info("class room open at seq %d", self.state.seq, extra=self._extra)
         while not self._idle():
             try:
+                if self._unread_since is not None:
+                    await self._read_again()
                 entries = await self.log.wait(
                     self.class_id, self.state.seq, self._timeout(), READ_PAGE
                 )
@@ -172,7 +180,7 @@ class ClassRoom:
                 continue
             except ClassLogError as exc:
                 _reraise_cancel()
-                logger.warning("class log read failed: %s", exc, extra=self._extra)
+                self._read_failed(exc)
                 await asyncio.sleep(1.0)
                 continue
             _reraise_cancel()
@@ -207,14 +215,20 @@ class ClassRoom:
                 folded = self._fold(entry)
                 if folded.deliver is not None:
                     self._remember(folded.deliver)
+            self._last_id = entries[-1].id
             await self._notify(entries)
 
     async def _restart(self, exc: HistoryTrimmed) -> None:
         """This edge fell behind the log's retention: refold and reset members."""
         logger.warning("room fell behind the log; resetting", extra=self._extra)
+        await self._start_over()
+
+    async def _start_over(self) -> None:
+        """Refold the log from its start and reset every member to it."""
         self.state = ClassState(self.class_id)
         self._ring.clear()
         self._ring_floor = 0
+        self._last_id = None
         self.flush()
         await self._catch_up()
         # Everyone starts over at the new position.
@@ -222,6 +236,59 @@ class ClassRoom:
         for sinks in list(self.sinks.values()):
             for sink in list(sinks):
                 self._offer(sink, self._reset_frame(sink.member))
+
+    def _read_failed(self, exc: ClassLogError) -> None:
+        if self._unread_since is None:
+            self._unread_since = time.monotonic()
+            logger.warning(
+                "class log read failed, retrying every second: %s",
+                exc,
+                extra=self._extra,
+            )
+        else:
+            logger.debug("class log read failed again: %s", exc, extra=self._extra)
+
+    async def _read_again(self) -> None:
+        """The first read after failures: check that the log still holds
+        what this room folded, then go on."""
+        if not await self._log_intact():
+            await self._log_lost()
+        assert self._unread_since is not None
+        logger.info(
+            "class log readable again after %.1f s",
+            time.monotonic() - self._unread_since,
+            extra=self._extra,
+        )
+        self._unread_since = None
+
+    async def _log_intact(self) -> bool:
+        """Whether the entry this room folded last is still in the log, as
+        it was. Raises ClassLogError if the log cannot be read."""
+        if self._last_id is None or self.state.seq == 0:
+            return True
+        try:
+            kept = await self.log.read(self.class_id, self.state.seq - 1, 1)
+        except HistoryTrimmed:
+            return True  # the next wait finds that out and starts over
+        return bool(kept) and kept[0].id == self._last_id
+
+    async def _log_lost(self) -> None:
+        """The log no longer holds what this room folded: Redis lost its
+        data. Members are reset to what the log holds now, and this edge's
+        members are counted in it again."""
+        logger.error(
+            "class log lost: entry %d, the last this edge folded, is gone or "
+            "replaced. Redis lost its data (restarted without persistence, or "
+            "failed over to a replica that lacked it), and what it lost is "
+            "gone. Members here are reset to what the log holds now. Run "
+            "Redis with appendonly yes (see the README)",
+            self.state.seq,
+            extra=self._extra,
+        )
+        await self._start_over()
+        members = [s.member for sinks in self.sinks.values() for s in sinks]
+        joined = [presence_entry("member.joined", m, self.edge_id) for m in members]
+        await self._append(self.class_id, [self._edge_entry(reset=True), *joined])
 
     def _fold(self, entry: LogEvent) -> Folded:
         try:
@@ -263,9 +330,14 @@ class ClassRoom:
         for entry in entries:
             folded = self._fold(entry)
             results.append(folded)
-            if folded.deliver is not None:
-                delivered.append(folded.deliver)
-                self._remember(folded.deliver)
+            deliver = folded.deliver
+            if deliver is not None:
+                if self._provisional and deliver.id in self._provisional:
+                    deliver = self._confirming(deliver)
+                delivered.append(deliver)
+                self._remember(deliver)
+        if entries:
+            self._last_id = entries[-1].id
         self._advanced.set()
         self._advanced = asyncio.Event()
 
@@ -305,6 +377,39 @@ class ClassRoom:
                         sink.close(CloseCode.CLASS_ENDED, "the class has ended")
         # Media hears of entries after members, so members are not delayed.
         await self._notify(entries)
+
+    # --- while the log does not answer ------------------------------------
+
+    def show_provisional(self, entries: Sequence[LogEvent]) -> None:
+        """Show this edge's members its chat that waits for the log, at once.
+
+        Each message goes out as a view (no number, so the members' range
+        of the log is untouched) marked ``provisional`` with its entry id as
+        ``provisional_id``; the numbered entry, when the log gives it back,
+        carries the same id so that clients replace the message instead of
+        showing it twice. Other edges' members see it only numbered.
+        """
+        if not self.connections:
+            return  # nobody to show it to: the numbered entry is news to all
+        views = []
+        for entry in entries:
+            if entry.type != "chat.message" or entry.audience is not Audience.ALL:
+                continue
+            self._provisional.add(entry.id)
+            data = {**entry.data, "provisional": True, "provisional_id": entry.id}
+            views.append(
+                Event(type=entry.type, ts=entry.ts, actor=entry.actor, data=data)
+            )
+        if views:
+            seq = self.state.seq
+            self._send(Batch(seq, seq, [], views_all=views))
+            self._metrics.provisional_chat += len(views)
+
+    def _confirming(self, entry: LogEvent) -> LogEvent:
+        """``entry``, shown provisional before, marked with its provisional id."""
+        self._provisional.discard(entry.id)
+        data = {**entry.data, "provisional_id": entry.id}
+        return entry.model_copy(update={"data": data})
 
     def _score_views(self, result: QuizResult, views: dict[str, list[Event]]) -> None:
         totals = self.state.quizzes.totals

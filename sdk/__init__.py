@@ -34,6 +34,7 @@ from liveclass.sdk.errors import (
     WrongClass,
 )
 from liveclass.sdk.events import (
+    ChatConfirmed,
     ChatDeleted,
     ChatMessage,
     ChatMuted,
@@ -71,6 +72,7 @@ __all__ = [
     "AdminAPIError",
     "AdminClient",
     "BadToken",
+    "ChatConfirmed",
     "ChatDeleted",
     "ChatMessage",
     "ChatMuted",

@@ -34,8 +34,15 @@ from liveclass.sdk.errors import (
     ProtocolError,
     join_refused,
 )
-from liveclass.sdk.events import ClassEndedEvent, ClassEvent, Welcome, parse_event
+from liveclass.sdk.events import (
+    ChatMessage,
+    ClassEndedEvent,
+    ClassEvent,
+    Welcome,
+    parse_event,
+)
 from liveclass.sdk.http import http_client
+from liveclass.sdk.provisional import Provisional
 from liveclass.sdk.route import Candidate, Route, fetch_route, order_by_latency
 from liveclass.sdk.state import ClassState
 
@@ -121,6 +128,7 @@ class Classroom:
         self.probe_timeout = probe_timeout
         self.reconnect = reconnect
         self.state = ClassState()
+        self._provisional = Provisional()
         self.class_id = ""
         self.edge_id = ""
         self._token = token
@@ -197,6 +205,11 @@ class Classroom:
 
     async def events(self) -> AsyncIterator[ClassEvent]:
         """The class's events as typed objects, in log order, each once.
+
+        While the class log does not answer, chat sent through this
+        member's edge comes at once as a provisional ``ChatMessage`` (no
+        ``seq``), then, once numbered, as a ``ChatConfirmed``; see
+        :class:`~liveclass.sdk.events.ChatMessage`.
 
         Ends after ``ClassEndedEvent`` or when the classroom is closed.
         Raises the error that ended the session otherwise: ``Removed``,
@@ -398,6 +411,13 @@ class Classroom:
                 self._deliver(parse_event(event))
 
     def _deliver(self, event: ClassEvent) -> None:
+        if isinstance(event, ChatMessage):
+            # A message shown provisional before comes back numbered once:
+            # the app gets a confirmation, not the message a second time.
+            settled = self._provisional.settle(event)
+            if settled is None:
+                return
+            event = settled
         self.state.apply(event)
         self._queue.put_nowait(event)
 

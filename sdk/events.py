@@ -117,13 +117,39 @@ class StateReset(ClassEvent):
 
 
 class ChatMessage(ClassEvent):
-    """A chat message; ``actor`` is the sender's user id."""
+    """A chat message; ``actor`` is the sender's user id.
+
+    ``provisional`` messages have no ``seq`` yet: the class log did not
+    answer, and the edge showed its own members their chat at once. Each
+    comes once; when the log numbers it, ``room.events()`` yields a
+    :class:`ChatConfirmed` with the same ``provisional_id`` instead of the
+    message again. Members on other edges get it only then, as a plain
+    numbered message.
+    """
 
     TYPE = "chat.message"
 
     text: str
     name: str = ""
     role: Role = Role.STUDENT
+    provisional: bool = False
+    provisional_id: str | None = None
+    """Set on a provisional message, and on the numbered one it became when
+    the same edge delivers it."""
+
+
+class ChatConfirmed(ClassEvent):
+    """The class log numbered a message received as provisional before.
+
+    ``seq`` is its number; ``message`` is the numbered message, which
+    replaces the provisional one (same ``provisional_id``) in
+    ``room.state.chat``. Made by the SDK: no edge sends this type.
+    """
+
+    TYPE = "chat.confirmed"
+
+    provisional_id: str
+    message: ChatMessage
 
 
 class ChatDeleted(ClassEvent):

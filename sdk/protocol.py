@@ -88,6 +88,9 @@ class ErrorCode(StrEnum):
     TOO_LONG = "too_long"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"
+    """The edge cannot take the message now: its class log has not answered
+    for a while and it holds all it may. Nothing was sent; try again later."""
 
 
 class _Message(BaseModel):
@@ -317,7 +320,11 @@ EVENT_TYPES: dict[str, str] = {
     "data.edge_id; seq_to is the log position the snapshot reflects",
     "state.reset": "the resume number is older than the log keeps; "
     "data.snapshot replaces the client's state",
-    "chat.message": "data.text, data.name, data.role (log entry)",
+    "chat.message": "data.text, data.name, data.role (log entry); while the "
+    "class log does not answer, the sender's edge shows its members their "
+    "chat at once as a view (seq null) with data.provisional true and "
+    "data.provisional_id, and the log entry it becomes carries the same "
+    "data.provisional_id on that edge",
     "chat.deleted": "data.seq of the deleted message (log entry)",
     "chat.muted": "data.user_id, data.muted (log entry, staff and the member)",
     "chat.settings": "data.enabled, data.slow_mode_s (log entry)",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from liveclass.sdk.events import (
+    ChatConfirmed,
     ChatDeleted,
     ChatMessage,
     ChatMuted,
@@ -49,7 +50,10 @@ class ClassState:
     """What the class looks like now, for the member who holds it.
 
     ``poll`` and ``quiz`` are the open ones (``None`` when none is open);
-    ``poll_counts`` is the latest tally the member may see.
+    ``poll_counts`` is the latest tally the member may see. ``chat`` holds
+    the numbered messages in log order, and after them any provisional
+    ones (shown by this member's edge while the class log did not answer)
+    until they are numbered.
     """
 
     user_id: str = ""
@@ -103,6 +107,16 @@ class ClassState:
                 self.reset(snapshot)
             case ChatMessage():
                 self.chat.append(event)
+            case ChatConfirmed(provisional_id=provisional_id, message=message):
+                # The numbered message leaves the provisional one's place for
+                # its own, after those numbered before it: log order.
+                kept = [
+                    m
+                    for m in self.chat
+                    if not (m.provisional and m.provisional_id == provisional_id)
+                ]
+                self.chat = deque(kept, maxlen=CHAT_HISTORY)
+                self.chat.append(message)
             case ChatDeleted(message_seq=seq):
                 kept = [m for m in self.chat if m.seq != seq]
                 self.chat = deque(kept, maxlen=CHAT_HISTORY)

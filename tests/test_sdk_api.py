@@ -11,6 +11,7 @@ PUBLIC = {
     "AdminAPIError",
     "AdminClient",
     "BadToken",
+    "ChatConfirmed",
     "ChatDeleted",
     "ChatMessage",
     "ChatMuted",

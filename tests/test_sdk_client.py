@@ -592,6 +592,27 @@ async def test_views_at_the_current_position_are_delivered(make: Any) -> None:
         assert room.state.presence_count == 7 and room.last_seq == 1
 
 
+async def test_provisional_chat_comes_once_then_is_confirmed(make: Any) -> None:
+    edge = FakeEdge("a")
+    origin = await make(edge)
+    async with sdk.connect(origin.url, "good") as room:
+        data = {"text": "held", "provisional": True, "provisional_id": "x1"}
+        shown = p.Event(type="chat.message", ts=2.0, actor="u1", data=data)
+        frame = p.Frame(seq_from=1, seq_to=1, events=[shown])  # as edges send
+        for ws in edge.sockets:
+            await ws.send_str(frame.model_dump_json())
+        event = await next_event(room, sdk.Welcome)
+        assert isinstance(event, sdk.ChatMessage) and event.provisional
+        assert event.seq is None and room.last_seq == 1
+
+        await edge.publish("chat.message", text="held", provisional_id="x1")
+        event = await next_event(room, sdk.Welcome)
+        assert isinstance(event, sdk.ChatConfirmed)
+        assert (event.seq, event.provisional_id) == (2, "x1")
+        assert [(m.seq, m.text) for m in room.state.chat][-1] == (2, "held")
+        assert not any(m.provisional for m in room.state.chat)
+
+
 async def test_state_reset_on_resume(make: Any) -> None:
     edge = FakeEdge("a")
     origin = await make(edge)

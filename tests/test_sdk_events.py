@@ -9,6 +9,7 @@ import pytest
 from liveclass import sdk
 from liveclass.sdk.events import EVENT_CLASSES, parse_event
 from liveclass.sdk.protocol import EVENT_TYPES, Event
+from liveclass.sdk.provisional import Provisional
 
 
 def ev(type_: str, at: int | None = None, /, **data: object) -> sdk.ClassEvent:
@@ -102,3 +103,69 @@ def test_state_reset_replaces_everything() -> None:
     )
     assert [m.text for m in state.chat] == ["new"]
     assert state.quiz is not None and state.quiz.quiz_id == "q"
+
+
+def provisional(text: str, pid: str, ts: float = 5.0) -> sdk.ChatMessage:
+    event = Event(
+        type="chat.message",
+        ts=ts,
+        actor="a1",
+        data={"text": text, "provisional": True, "provisional_id": pid},
+    )
+    message = parse_event(event)
+    assert isinstance(message, sdk.ChatMessage) and message.provisional
+    return message
+
+
+def test_a_provisional_message_is_confirmed_once() -> None:
+    pending = Provisional()
+    shown = provisional("hi", "p1")
+    assert pending.settle(shown) is shown and shown.seq is None
+    assert pending.settle(provisional("hi", "p1")) is None  # shown already
+
+    numbered = ev("chat.message", 9, text="hi", provisional_id="p1")
+    assert isinstance(numbered, sdk.ChatMessage)
+    confirmed = pending.settle(numbered)
+    assert isinstance(confirmed, sdk.ChatConfirmed)
+    assert (confirmed.seq, confirmed.provisional_id) == (9, "p1")
+    assert confirmed.message is numbered and len(pending) == 0
+    # Numbered again (a resume replaying it): a plain message, as before.
+    assert pending.settle(numbered) is numbered
+
+
+def test_confirmation_from_another_edge_matches_sender_time_and_text() -> None:
+    pending = Provisional()
+    pending.settle(provisional("hi", "p1", ts=7.5))
+    other = ev("chat.message", 3, text="hi")  # same ts (5.0): not the same
+    assert pending.settle(other) is other
+    moved = parse_event(
+        Event(type="chat.message", seq=4, ts=7.5, actor="a1", data={"text": "hi"})
+    )
+    assert isinstance(moved, sdk.ChatMessage)
+    confirmed = pending.settle(moved)
+    assert isinstance(confirmed, sdk.ChatConfirmed)
+    assert confirmed.provisional_id == "p1"
+
+
+def test_provisional_messages_are_bounded() -> None:
+    pending = Provisional(limit=2)
+    for n in range(3):
+        pending.settle(provisional(f"m{n}", f"p{n}", ts=float(n)))
+    assert len(pending) == 2
+    first = ev("chat.message", 1, text="m0", provisional_id="p0")
+    assert pending.settle(first) is first  # forgotten: shown as it comes
+
+
+def test_state_puts_a_confirmed_message_in_log_order() -> None:
+    state = sdk.ClassState()
+    pending = Provisional()
+    for event in (
+        provisional("mine", "p1"),
+        ev("chat.message", 10, text="theirs"),
+        ev("chat.message", 11, text="mine", provisional_id="p1"),
+    ):
+        assert isinstance(event, sdk.ChatMessage)
+        settled = pending.settle(event)
+        assert settled is not None
+        state.apply(settled)
+    assert [(m.seq, m.text) for m in state.chat] == [(10, "theirs"), (11, "mine")]

@@ -47,6 +47,9 @@ async def attend(
             async for event in room.events():
                 if isinstance(event, ev.ChatMessage) and event.seq is not None:
                     result.chat_seqs.append(event.seq)
+                elif isinstance(event, ev.ChatConfirmed) and event.seq is not None:
+                    # Shown provisional before, while the class log was away.
+                    result.chat_seqs.append(event.seq)
                 elif (
                     isinstance(event, ev.MediaLive)
                     and plan.user_id not in crowd.players

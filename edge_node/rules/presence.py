@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from liveclass.origin.contract import Audience, LogEvent
+from liveclass.sdk.protocol import Member
+
+
+def presence_entry(type_: str, member: Member, edge_id: str) -> LogEvent:
+    """The ``member.joined`` or ``member.left`` entry of one connection of
+    ``member`` on ``edge_id``."""
+    data: dict[str, Any] = {"user_id": member.user_id}
+    if type_ == "member.joined":
+        data |= {"name": member.name, "role": member.role.value}
+    return LogEvent(
+        type=type_,
+        edge_id=edge_id,
+        actor=member.user_id,
+        audience=Audience.STAFF,
+        data=data,
+    )
+
 
 class Presence:
     """Connections per edge and user; a user on two devices counts once."""
