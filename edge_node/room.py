@@ -619,13 +619,27 @@ class ClassRoom:
             except TimeoutError:
                 return [self._reset_frame(member)]
         if last_seq >= self._ring_floor:
-            return member_frames(self._ring, member, last_seq, self.state.seq)
+            return member_frames(
+                self._ring_after(last_seq), member, last_seq, self.state.seq
+            )
         try:
             older = await self._read_older(last_seq)
         except ClassLogError:
             return [self._reset_frame(member)]
         ring = [e for e in self._ring if older and e.seq > older[-1].seq]
         return member_frames(older + ring, member, last_seq, self.state.seq)
+
+    def _ring_after(self, seq: int) -> list[LogEvent]:
+        """The remembered entries after ``seq``, walked from the newest end:
+        a resuming member is usually a few entries behind, and a move storm
+        must not cost each member a walk over the whole window."""
+        tail: list[LogEvent] = []
+        for entry in reversed(self._ring):
+            if entry.seq <= seq:
+                break
+            tail.append(entry)
+        tail.reverse()
+        return tail
 
     async def _read_older(self, last_seq: int) -> list[LogEvent]:
         """Entries after ``last_seq`` up to the resume window, from the log.
