@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from liveclass.origin.classlog import ClassLog, ClassLogError
-from liveclass.origin.contract import LogEvent
+from liveclass.origin.contract import PRESENCE_CHANGES, LogEvent, presence_change
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +50,48 @@ _MERGED: dict[str, tuple[str, str]] = {
 }
 
 
+_PRESENCE = frozenset({"member.joined", "member.left"})
+
 # Entries no member waits for: their effect reaches members through views
 # sent at most once a second (counts, tallies), so they may wait for the
 # tick and leave in bulk. Any other entry is something members see at once
 # (chat, a question, a hand) and goes to the log without waiting for it.
-_TICKED = frozenset({*_MERGED, "member.joined", "member.left", "presence.edge"})
+_TICKED = frozenset({*_MERGED, *_PRESENCE, PRESENCE_CHANGES, "presence.edge"})
+
+TICK_S = 0.5
+"""How long ticked entries wait to leave together. Counts and tallies reach
+members at most once a second anyway; a longer tick means fewer, bigger
+entries for every reader of the log (the origin above all). Anything a
+member sees at once cuts the wait short and takes them along."""
 
 
 def merge_batches(events: Sequence[LogEvent]) -> list[LogEvent]:
-    """Merge a tick's vote and answer entries into one entry per poll or quiz.
+    """Merge a tick's entries: votes and answers into one entry per poll or
+    quiz, member.joined and member.left into one ``presence.changes``.
 
-    The merged entry takes the place of the first one, so it still comes
-    before a close written later in the same tick.
+    A merged entry takes the place of the first one it holds, so votes
+    still come before a close written later in the same tick. Presence
+    changes keep their order; a ``presence.edge`` entry (a reset voids
+    the changes before it) starts a new merged entry.
     """
     out: list[LogEvent] = []
     merged: dict[tuple[str, str], LogEvent] = {}
+    changes: LogEvent | None = None
     for event in events:
+        if event.type in _PRESENCE:
+            if changes is None:
+                changes = event.model_copy(
+                    update={
+                        "type": PRESENCE_CHANGES,
+                        "actor": None,
+                        "data": {"changes": []},
+                    }
+                )
+                out.append(changes)
+            changes.data["changes"].append(presence_change(event))
+            continue
+        if event.type == "presence.edge":
+            changes = None
         spec = _MERGED.get(event.type)
         if spec is None:
             out.append(event)
@@ -108,7 +134,7 @@ class Batcher:
     def __init__(
         self,
         log: ClassLog,
-        tick_s: float = 0.05,
+        tick_s: float = TICK_S,
         on_appended: Callable[[int], None] | None = None,
         *,
         max_pending: int = MAX_PENDING,
@@ -250,6 +276,8 @@ class Batcher:
         else:
             self._retry_s = min(RETRY_MAX_S, max(RETRY_MIN_S, 2 * self._retry_s))
             self._retry_at = asyncio.get_running_loop().time() + self._retry_s
+            # A retry is paced by its backoff, not by the tick as well.
+            self._urgent = True
         if self._pending or self._in_doubt:
             self._wake.set()
 

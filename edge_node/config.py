@@ -46,6 +46,11 @@ class EdgeConfig:
     # worker processes leave that to their parent, which sums their load.
     register: bool = True
     transcode: bool = True
+    # The processes serving this edge id (``--workers``) and which one this
+    # is: a closing poll waits for the marker of each (every one holds
+    # votes of its own members).
+    workers: int = 1
+    worker: int = 0
 
     @property
     def base_url(self) -> str:

@@ -11,7 +11,12 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from liveclass.origin.contract import Audience, LogEvent
+from liveclass.origin.contract import (
+    PRESENCE_CHANGES,
+    Audience,
+    LogEvent,
+    presence_events,
+)
 from liveclass.sdk.protocol import Event, Member, Role
 
 # Fields of an entry that only staff may see before the item closes.
@@ -52,6 +57,15 @@ def event_json(entry: LogEvent, staff: bool) -> str:
             "data": data,
         }
     )
+
+
+def entry_jsons(entry: LogEvent, staff: bool) -> list[str]:
+    """The events ``entry`` is to a member, as JSON: one, except for a
+    ``presence.changes`` entry, which is the ``member.joined`` and
+    ``member.left`` events it holds, each with the entry's number."""
+    if entry.type == PRESENCE_CHANGES:
+        return [event_json(change, staff) for change in presence_events(entry)]
+    return [event_json(entry, staff)]
 
 
 def view_json(event: Event) -> str:
@@ -117,6 +131,9 @@ class Batch:
         for entry in entries:
             audience = entry.audience
             if audience is Audience.EDGES:
+                continue
+            if entry.type == PRESENCE_CHANGES:
+                self._staff += [(entry.seq, j) for j in entry_jsons(entry, True)]
                 continue
             staff_json = event_json(entry, staff=True)
             self._staff.append((entry.seq, staff_json))
@@ -196,8 +213,9 @@ def split_items(
     """Frames covering ``(seq_from, seq_to]`` with ``items``, each under ``limit``.
 
     A frame ends where its last item's position is, and the next one starts
-    there: the chain of ranges stays contiguous. An item alone over the
-    limit gets a frame of its own.
+    there: the chain of ranges stays contiguous. Items at one position stay
+    in one frame (a client skips events at or below the end of the frame
+    it had). An item alone over the limit gets a frame of its own.
     """
     frames: list[str] = []
     start = seq_from
@@ -205,7 +223,7 @@ def split_items(
     size = 64
     last = seq_from
     for pos, text in items:
-        if chunk and size + len(text) + 1 > limit:
+        if chunk and size + len(text) + 1 > limit and pos != last:
             frames.append(frame_json(start, last, chunk))
             start, chunk, size = last, [], 64
         chunk.append(text)
@@ -291,7 +309,7 @@ def member_frames(
         if entry.seq <= seq_from or entry.seq > seq_to:
             continue
         if visible(entry, member):
-            chunk.append(event_json(entry, staff))
+            chunk += entry_jsons(entry, staff)
         last = entry.seq
         if len(chunk) >= max_events:
             frames.append(frame_json(start, last, chunk))

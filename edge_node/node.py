@@ -220,6 +220,7 @@ class EdgeNode:
                 on_log_event=self.on_log_event,
                 metrics=self.metrics,
                 on_idle=self._room_idle,
+                worker=(self.config.worker, self.config.workers),
             )
             self.rooms[class_id] = room
             room.start()

@@ -30,7 +30,11 @@ from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.presence import presence_entry
 from liveclass.edge_node.rules.state import Folded
-from liveclass.edge_node.rules.validate import closing_entry
+from liveclass.edge_node.rules.validate import (
+    closing_entry,
+    finalize_entry,
+    flushed_entry,
+)
 from liveclass.edge_node.sweep import Sweeper
 from liveclass.origin.classlog import ClassLog, ClassLogError, HistoryTrimmed
 from liveclass.origin.contract import Audience, LogEvent
@@ -60,7 +64,10 @@ carry it sooner when there are any.
 
 CLOSE_GRACE_S = 2.0
 """How long after a poll's or question's end other edges wait before closing
-it themselves, in case the edge that opened it is gone."""
+it themselves, in case the edge that opened it is gone; and how long after
+folding a close an edge waits for every expected edge to flush its votes or
+answers before making the poll or question final without them (one may be
+gone)."""
 
 PRESENCE_HEARTBEAT_S = 10.0
 """How often an edge with members in a class says so in the class log; see
@@ -93,6 +100,7 @@ class ClassRoom:
         metrics: Metrics | None = None,
         linger_s: float = 30.0,
         on_idle: Callable[[ClassRoom], None] | None = None,
+        worker: tuple[int, int] = (0, 1),
     ) -> None:
         self.class_id = class_id
         self.log = log
@@ -110,6 +118,7 @@ class ClassRoom:
         self._on_log_event = on_log_event
         self._linger_s = linger_s
         self._on_idle = on_idle
+        self._worker = worker  # (this process, processes) of the edge
         self._joining = 0
         self._idle_since = time.monotonic()
         self._ring: deque[LogEvent] = deque()
@@ -118,6 +127,9 @@ class ClassRoom:
         self._count_sent = -1
         self._count_at = 0.0
         self._closing: set[str] = set()
+        # Closing polls and questions this edge flushed, as (kind, id), and
+        # when it finalizes them itself.
+        self._finalize_at: dict[tuple[str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_at = 0.0
         # Ids of this edge's chat entries shown as provisional, until the log
@@ -315,6 +327,8 @@ class ClassRoom:
             deadline = self._deadline_of(kind)
             if deadline is not None:
                 timeout = min(timeout, max(0.01, deadline - now))
+        for deadline in self._finalize_at.values():
+            timeout = min(timeout, max(0.01, deadline - now))
         if self._count_sent != self.state.presence.count:
             wait = self._count_at + self._count_interval() - time.monotonic()
             timeout = min(timeout, max(0.01, wait))
@@ -364,6 +378,10 @@ class ClassRoom:
         # stays contiguous when a batch held only internal entries.
         self._send(batch)
 
+        for folded in results:
+            if folded.closing is not None:
+                await self._flush(*folded.closing)
+
         if any(f.removed is not None or f.ended for f in results):
             # Those closed below must get the entry that closes them first.
             self.flush()
@@ -377,6 +395,14 @@ class ClassRoom:
                         sink.close(CloseCode.CLASS_ENDED, "the class has ended")
         # Media hears of entries after members, so members are not delayed.
         await self._notify(entries)
+
+    async def _flush(self, kind: str, item_id: str) -> None:
+        """The poll or question is closing: append the marker that every
+        vote or answer this edge took for it is in the log. Those it holds
+        wait in the same queue, ahead of the marker, so they go first."""
+        marker = flushed_entry(kind, item_id, self.edge_id, *self._worker)
+        await self._append(self.class_id, [marker])
+        self._finalize_at[kind, item_id] = time.time() + CLOSE_GRACE_S
 
     # --- while the log does not answer ------------------------------------
 
@@ -495,9 +521,24 @@ class ClassRoom:
             if item_id and deadline is not None and now >= deadline:
                 if item_id not in self._closing:
                     self._closing.add(item_id)
-                    entry = closing_entry(type_, key, item_id)
+                    expected = self.state.presence.edges
+                    entry = closing_entry(type_, key, item_id, expected)
                     entry.edge_id, entry.ts = self.edge_id, now
                     await self._append(self.class_id, [entry])
+        closing = {
+            "poll": set(self.state.polls.closing),
+            "quiz": set(self.state.quizzes.closing),
+        }
+        for (kind, item_id), at in list(self._finalize_at.items()):
+            if item_id not in closing[kind]:
+                del self._finalize_at[kind, item_id]
+            elif now >= at:
+                # An expected edge has not flushed (gone?): the first
+                # finalize in the log makes it final for everyone.
+                del self._finalize_at[kind, item_id]
+                entry = finalize_entry(kind, item_id)
+                entry.edge_id, entry.ts = self.edge_id, now
+                await self._append(self.class_id, [entry])
         if self.connections and time.monotonic() >= self._heartbeat_at:
             self._heartbeat_at = time.monotonic() + PRESENCE_HEARTBEAT_S
             await self._append(self.class_id, [self._edge_entry()])

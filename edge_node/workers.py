@@ -117,7 +117,7 @@ def run_workers(config: EdgeConfig, workers: int, loop: str = "auto") -> int:
     check_workers(config, workers)
     ctx = multiprocessing.get_context("spawn")
     reports: multiprocessing.Queue[Report | None] = ctx.Queue()
-    worker_config = replace(config, register=False)
+    worker_config = replace(config, register=False, workers=workers)
     procs = [
         ctx.Process(
             target=_worker,
@@ -274,7 +274,7 @@ def _worker(
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s worker {index} %(name)s: %(message)s"
     )
-    run_loop(_serve_worker(config, index, reports), loop)
+    run_loop(_serve_worker(replace(config, worker=index), index, reports), loop)
 
 
 async def _serve_worker(

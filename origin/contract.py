@@ -98,10 +98,68 @@ class LogEvent(BaseModel):
 INTERNAL_TYPES: dict[str, str] = {
     "poll.votes": "data.poll_id, data.votes: [[user_id, option, ts]] "
     "(one edge's votes of one tick)",
+    "poll.flushed": "data.poll_id: the sending edge appended every vote it "
+    "held for the closing poll before this entry",
+    "poll.finalize": "data.poll_id: the closing poll is final here, whatever "
+    "edge has not flushed (written after a grace, the first one counts)",
+    "quiz.flushed": "data.quiz_id: as poll.flushed, for answers",
+    "quiz.finalize": "data.quiz_id: as poll.finalize, for a question",
     "quiz.answers": "data.quiz_id, data.answers: [[user_id, name, option, ts]]",
     "presence.edge": "data.count: members on the sending edge, its heartbeat",
 }
 """Class-log entry types that edges exchange and members never see."""
+
+PRESENCE_CHANGES = "presence.changes"
+"""The entry type of one edge's member.joined and member.left of one tick,
+in order: ``data.changes: [[op, user_id, name, role]]`` with ``op`` ``"+"``
+(joined) or ``"-"`` (left; name and role empty). Staff receive it as the
+``member.joined`` and ``member.left`` events it holds (see
+:func:`presence_events`)."""
+
+_PRESENCE_OPS = {"+": "member.joined", "-": "member.left"}
+
+
+def presence_change(event: LogEvent) -> list[str]:
+    """``event`` (a ``member.joined`` or ``member.left``) as one item of a
+    :data:`PRESENCE_CHANGES` entry."""
+    data = event.data
+    if event.type == "member.joined":
+        name, role = str(data.get("name", "")), str(data.get("role", ""))
+        return ["+", str(data.get("user_id")), name, role]
+    return ["-", str(data.get("user_id")), "", ""]
+
+
+def presence_events(entry: LogEvent) -> list[LogEvent]:
+    """The ``member.joined`` and ``member.left`` entries a
+    :data:`PRESENCE_CHANGES` entry stands for, in order.
+
+    Each keeps the entry's number, time and edge, and gets an id of its own
+    derived from the entry's, the same for every reader: the origin stores
+    each change idempotently by it. The index is zero-padded so that ids of
+    one entry sort in their order. Malformed items are skipped.
+    """
+    out = []
+    for i, item in enumerate(entry.data.get("changes") or ()):
+        if not isinstance(item, list | tuple) or len(item) < 2:
+            continue
+        type_ = _PRESENCE_OPS.get(item[0])
+        if type_ is None:
+            continue
+        data: dict[str, Any] = {"user_id": str(item[1])}
+        if type_ == "member.joined":
+            data["name"] = str(item[2]) if len(item) > 2 else ""
+            data["role"] = str(item[3]) if len(item) > 3 and item[3] else "student"
+        out.append(
+            entry.model_copy(
+                update={
+                    "id": f"{entry.id}:{i:06d}",
+                    "type": type_,
+                    "actor": data["user_id"],
+                    "data": data,
+                }
+            )
+        )
+    return out
 
 
 class EdgeLocation(BaseModel):

@@ -12,6 +12,7 @@ from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.chat import RateLimiter
 from liveclass.edge_node.rules.hands import HandQueue
 from liveclass.edge_node.rules.presence import Presence
+from liveclass.edge_node.rules.validate import flushed_entry
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.origin.results.quizzes import points
 from liveclass.sdk.protocol import CLIENT_MESSAGE, ErrorCode, Member, Role
@@ -42,11 +43,17 @@ class Class:
         return self.fold(merge_batches(outcome.entries))
 
     def fold(self, entries: list[LogEvent]) -> list[Any]:
+        """Number and fold ``entries``; a poll closing on this edge gets its
+        marker right after, as the class room appends it (its deliveries
+        take the place of the close's)."""
         out = []
         for entry in entries:
             entry = entry.model_copy(update={"seq": next(self.seq)})
             self.log.append(entry)
             folded = self.state.fold(entry)
+            if folded.closing is not None:
+                kind, item_id = folded.closing
+                [folded.deliver] = self.fold([flushed_entry(kind, item_id, "edge-a")])
             out.append(folded.deliver)
         return out
 

@@ -22,7 +22,7 @@ from liveclass.edge_node.app import EdgeRunner, run_edge
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.edge_node.node import DRAINING_REASON
 from liveclass.origin.classlog import ClassLog, MemoryClassLog
-from liveclass.origin.contract import LogEvent
+from liveclass.origin.contract import LogEvent, presence_events
 from liveclass.origin.tokens import KeyRing
 from liveclass.sdk.protocol import MAX_FRAME_BYTES, CloseCode, Frame, Role
 
@@ -754,7 +754,8 @@ async def test_drain_appends_what_members_sent_before_moving_them(
     assert [e.data["text"] for e in entries if e.type == "chat.message"] == [
         "last words"
     ]
-    left = sorted(e.data["user_id"] for e in entries if e.type == "member.left")
+    changes = [c for e in entries for c in presence_events(e)]
+    left = sorted(c.data["user_id"] for c in changes if c.type == "member.left")
     assert left == ["ann", "tea"]
 
 

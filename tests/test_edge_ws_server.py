@@ -19,7 +19,7 @@ from liveclass.edge_node import wsserver
 from liveclass.edge_node.app import MEMBERS_KEY, EdgeRunner, run_edge
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.origin.classlog import MemoryClassLog
-from liveclass.origin.contract import LogEvent
+from liveclass.origin.contract import LogEvent, presence_events
 from liveclass.origin.tokens import KeyRing
 from liveclass.sdk.protocol import CloseCode, Frame, Role
 
@@ -234,7 +234,8 @@ async def test_a_reader_that_stops_is_closed_as_too_slow_and_others_go_on(
     slow.writer.close()
     for _ in range(200):
         entries = await log.read(class_id, 0, 100_000)
-        left = [e for e in entries if e.type == "member.left"]
+        changes = [c for e in entries for c in presence_events(e)]
+        left = [c for c in changes if c.type == "member.left"]
         if left:
             break
         await asyncio.sleep(0.02)

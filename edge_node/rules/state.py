@@ -8,8 +8,16 @@ from typing import Any
 from liveclass.edge_node.rules.chat import ChatState
 from liveclass.edge_node.rules.hands import HandQueue
 from liveclass.edge_node.rules.presence import Presence
-from liveclass.origin.contract import INTERNAL_TYPES, Audience, LogEvent
-from liveclass.origin.results.polls import Polls
+from liveclass.origin.contract import (
+    INTERNAL_TYPES,
+    PRESENCE_CHANGES,
+    Audience,
+    LogEvent,
+    presence_change,
+    presence_events,
+)
+from liveclass.origin.results import quiz_data
+from liveclass.origin.results.polls import Polls, closed_entry
 from liveclass.origin.results.quizzes import QuizResult, Quizzes
 from liveclass.sdk.protocol import Member
 
@@ -36,6 +44,9 @@ class Folded:
     quiz_result: QuizResult | None = None
     removed: str | None = None
     ended: bool = False
+    closing: tuple[str, str] | None = None
+    """``("poll", id)`` or ``("quiz", id)``: this entry started closing it,
+    and the edge appends what it holds for it, then its marker."""
 
 
 class ClassState:
@@ -93,9 +104,27 @@ class ClassState:
 
     def _fold_internal(self, entry: LogEvent) -> Folded:
         if entry.type == "poll.votes":
-            return Folded(None, tally_changed=self.polls.fold_votes(entry.data))
+            changed = self.polls.fold_votes(entry.data, entry.edge_id)
+            return Folded(None, tally_changed=changed)
+        if entry.type in ("poll.flushed", "poll.finalize"):
+            poll_id = str(entry.data.get("poll_id"))
+            if entry.type == "poll.flushed":
+                result = self.polls.fold_flushed(poll_id, entry.edge_id, entry.data)
+            else:
+                result = self.polls.fold_finalize(poll_id)
+            return Folded(closed_entry(entry, result) if result else None)
+        if entry.type in ("quiz.flushed", "quiz.finalize"):
+            quiz_id = str(entry.data.get("quiz_id"))
+            if entry.type == "quiz.flushed":
+                quiz = self.quizzes.fold_flushed(quiz_id, entry.edge_id, entry.data)
+            else:
+                quiz = self.quizzes.fold_finalize(quiz_id)
+            if quiz is None:
+                return Folded(None)
+            deliver = closed_entry(entry, quiz_data(quiz), "quiz.closed")
+            return Folded(deliver, quiz_result=quiz)
         if entry.type == "quiz.answers":
-            self.quizzes.fold_answers(entry.data)
+            self.quizzes.fold_answers(entry.data, entry.edge_id)
         elif entry.type == "presence.edge" and entry.data.get("reset"):
             # The edge (re)opened this class: members it counted before a
             # restart are gone, and no member.left will come for them.
@@ -139,6 +168,24 @@ class ClassState:
         self.presence.left(entry.edge_id, str(data.get("user_id")))
         return Folded(entry, presence_changed=before != self.presence.count)
 
+    def _presence_changes(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
+        # One edge's joins and leaves of one tick, folded in their order;
+        # staff get those that took effect, as the entries they stand for.
+        kept = []
+        changed = False
+        for change in presence_events(entry):
+            if change.type == "member.joined":
+                folded = self._member_joined(change, change.data)
+            else:
+                folded = self._member_left(change, change.data)
+            changed |= folded.presence_changed
+            if folded.deliver is not None:
+                kept.append(presence_change(change))
+        if not kept:
+            return Folded(None, presence_changed=changed)
+        deliver = entry.model_copy(update={"data": {"changes": kept}})
+        return Folded(deliver, presence_changed=changed)
+
     def _member_removed(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
         user_id = str(data.get("user_id"))
         self.removed.add(user_id)
@@ -164,10 +211,18 @@ class ClassState:
         return Folded(entry if ok else None)
 
     def _poll_closed(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
-        result = self.polls.fold_closed(str(data.get("poll_id")))
-        if result is None:
-            return Folded(None)
-        return Folded(entry.model_copy(update={"data": result}))
+        # Members get the results once the poll is final: now, or at the
+        # entry that makes it so (see liveclass.origin.results.polls).
+        poll_id = str(data.get("poll_id"))
+        expected = data.get("expected")
+        result = self.polls.fold_closed(
+            poll_id, entry.ts, expected if isinstance(expected, list) else None
+        )
+        if result is not None:
+            return Folded(entry.model_copy(update={"data": result}))
+        if poll_id in self.polls.closing:
+            return Folded(None, closing=("poll", poll_id))
+        return Folded(None)
 
     def _quiz_asked(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
         if not self.quizzes.fold_asked(data, entry.ts, entry.edge_id):
@@ -178,15 +233,17 @@ class ClassState:
         return Folded(entry.model_copy(update={"data": public}))
 
     def _quiz_closed(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
-        result = self.quizzes.fold_closed(str(data.get("quiz_id")))
-        if result is None:
-            return Folded(None)
-        filled = {
-            "quiz_id": result.quiz_id,
-            "correct": result.correct,
-            "leaderboard": result.leaderboard,
-        }
-        return Folded(entry.model_copy(update={"data": filled}), quiz_result=result)
+        quiz_id = str(data.get("quiz_id"))
+        expected = data.get("expected")
+        result = self.quizzes.fold_closed(
+            quiz_id, entry.ts, expected if isinstance(expected, list) else None
+        )
+        if result is not None:
+            filled = entry.model_copy(update={"data": quiz_data(result)})
+            return Folded(filled, quiz_result=result)
+        if quiz_id in self.quizzes.closing:
+            return Folded(None, closing=("quiz", quiz_id))
+        return Folded(None)
 
     def _media_live(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
         self.media = dict(data)
@@ -254,6 +311,7 @@ _HANDLERS = {
     "chat.settings": ClassState._chat_settings,
     "member.joined": ClassState._member_joined,
     "member.left": ClassState._member_left,
+    PRESENCE_CHANGES: ClassState._presence_changes,
     "member.removed": ClassState._member_removed,
     "hand.raised": ClassState._hand_raised,
     "hand.lowered": ClassState._hand_lowered,

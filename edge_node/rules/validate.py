@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,7 +206,8 @@ class Validator:
         poll = state.polls.open
         if poll is None or poll.poll_id != msg.poll_id:
             return error_event(ErrorCode.NOT_FOUND, "that poll is not open", msg.ref)
-        return [closing_entry("poll.closed", "poll_id", poll.poll_id)]
+        expected = state.presence.edges
+        return [closing_entry("poll.closed", "poll_id", poll.poll_id, expected)]
 
     # --- quizzes ---------------------------------------------------------
 
@@ -251,7 +252,8 @@ class Validator:
             return error_event(
                 ErrorCode.NOT_FOUND, "that question is not open", msg.ref
             )
-        return [closing_entry("quiz.closed", "quiz_id", q.quiz_id)]
+        expected = state.presence.edges
+        return [closing_entry("quiz.closed", "quiz_id", q.quiz_id, expected)]
 
     # --- the rest --------------------------------------------------------
 
@@ -261,8 +263,12 @@ class Validator:
 
     def _class_end(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
         # Close what is open first, so that its votes and answers count and
-        # every reader (members, the origin's report) gets the results.
-        entries = []
+        # every reader (members, the origin's report) gets the results. The
+        # poll is final at once (no edge is awaited): the end closes every
+        # member and the origin's reading, so a later result would reach
+        # no one; votes other edges still hold then are lost.
+        entries = [finalize_entry("poll", i) for i in state.polls.closing]
+        entries += [finalize_entry("quiz", i) for i in state.quizzes.closing]
         if state.polls.open is not None:
             poll_id = state.polls.open.poll_id
             entries.append(closing_entry("poll.closed", "poll_id", poll_id))
@@ -272,10 +278,51 @@ class Validator:
         return [*entries, LogEvent(type="class.ended")]
 
 
-def closing_entry(type_: str, key: str, item_id: str) -> LogEvent:
+def closing_entry(
+    type_: str, key: str, item_id: str, expected: Sequence[str] | None = None
+) -> LogEvent:
     """The entry that closes a poll or question; its id is the same from every
-    writer, so a store that keys on ids keeps one of concurrent closes."""
-    return LogEvent(id=f"{type_}:{item_id}", type=type_, data={key: item_id})
+    writer, so a store that keys on ids keeps one of concurrent closes.
+
+    ``expected``: the edges with members as the writer knows them; a poll
+    is final once they have flushed their votes (see
+    :mod:`liveclass.origin.results.polls`). None: final at once.
+    """
+    data: dict[str, Any] = {key: item_id}
+    if expected is not None:
+        data["expected"] = sorted(expected)
+    return LogEvent(id=f"{type_}:{item_id}", type=type_, data=data)
+
+
+def flushed_entry(
+    kind: str, item_id: str, edge_id: str, worker: int = 0, workers: int = 1
+) -> LogEvent:
+    """The marker that ``edge_id`` appended everything it held for the
+    closing poll or question (``kind`` ``"poll"`` or ``"quiz"``).
+
+    An edge served by several processes (``workers``) is flushed once the
+    marker of each (``worker``, from 0) is in.
+    """
+    data: dict[str, Any] = {f"{kind}_id": item_id}
+    if workers > 1:
+        data |= {"worker": worker, "workers": workers}
+    return LogEvent(
+        type=f"{kind}.flushed",
+        edge_id=edge_id,
+        audience=Audience.EDGES,
+        data=data,
+    )
+
+
+def finalize_entry(kind: str, item_id: str) -> LogEvent:
+    """The entry that makes a closing poll or question (``kind``) final
+    without the edges not flushed yet; one id from every writer."""
+    return LogEvent(
+        id=f"{kind}.finalize:{item_id}",
+        type=f"{kind}.finalize",
+        audience=Audience.EDGES,
+        data={f"{kind}_id": item_id},
+    )
 
 
 def _refuse(code: ErrorCode, message: str, ref: str | None) -> Outcome:

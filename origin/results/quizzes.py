@@ -1,9 +1,19 @@
-"""Quizzes: timed questions scored by correctness and speed."""
+"""Quizzes: timed questions scored by correctness and speed.
+
+A question closes in two steps, as a poll does (see
+:mod:`liveclass.origin.results.polls`): ``quiz.closed`` makes it closing,
+each edge appends the answers it holds and a ``quiz.flushed`` marker, and it
+is final (points added, leaderboard out) once the expected edges flushed,
+or at a ``quiz.finalize`` entry.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from liveclass.origin.results.polls import note_flushed
 
 MAX_POINTS = 1000
 """Points for a correct answer given at once; half of it at the deadline."""
@@ -33,6 +43,14 @@ class Question:
     opened_by_edge: str = ""
     # user_id -> (option, points)
     answers: dict[str, tuple[int, int]] = field(default_factory=dict)
+    answer_edges: set[str] = field(default_factory=set)
+    """Edges whose answers were folded: each is expected to flush."""
+    closed_at: float | None = None
+    """The time on the ``quiz.closed`` entry, once closing."""
+    expected: set[str] = field(default_factory=set)
+    """Edges whose ``quiz.flushed`` marker is still awaited, once closing."""
+    flushed: dict[str, set[int]] = field(default_factory=dict)
+    """Per edge, its processes whose marker came."""
 
     @property
     def closes_at(self) -> float:
@@ -64,6 +82,8 @@ class Quizzes:
 
     def __init__(self) -> None:
         self.open: Question | None = None
+        self.closing: dict[str, Question] = {}
+        """Questions closed but not final yet, by id."""
         self.totals: dict[str, int] = {}
         self.names: dict[str, str] = {}
 
@@ -88,11 +108,18 @@ class Quizzes:
         )
         return True
 
-    def fold_answers(self, data: dict[str, Any]) -> None:
-        """Score one edge's batch of answers; only a member's first one counts."""
+    def fold_answers(self, data: dict[str, Any], edge_id: str = "") -> None:
+        """Score one edge's batch of answers; only a member's first one
+        counts, and none given after the deadline or the close."""
+        quiz_id = data.get("quiz_id")
         q = self.open
-        if q is None or data.get("quiz_id") != q.quiz_id:
+        if q is None or quiz_id != q.quiz_id:
+            q = self.closing.get(str(quiz_id))
+        if q is None:
             return
+        if edge_id:
+            q.answer_edges.add(edge_id)
+        end = q.closes_at if q.closed_at is None else min(q.closes_at, q.closed_at)
         for answer in data.get("answers", []):
             try:
                 user_id, name = str(answer[0]), str(answer[1])
@@ -101,22 +128,59 @@ class Quizzes:
                 continue
             if user_id in q.answers or not 0 <= option < len(q.options):
                 continue
-            if ts > q.closes_at:
+            if ts > end:
                 continue
             won = points(option == q.correct, ts - q.asked_at, q.duration_s)
             q.answers[user_id] = (option, won)
             self.names[user_id] = name
 
-    def fold_closed(self, quiz_id: str) -> QuizResult | None:
-        """Close the question, add its points to the totals; None if not open."""
+    def fold_closed(
+        self, quiz_id: str, ts: float = 0.0, expected: Iterable[str] | None = None
+    ) -> QuizResult | None:
+        """Close the open question at time ``ts``; its result if that makes
+        it final (points added to the totals), else None (it was not open,
+        or it is closing now: see :attr:`closing`).
+
+        ``expected`` are the edges whose ``quiz.flushed`` must come first
+        (with those that sent answers); None makes it final now.
+        """
         q = self.open
         if q is None or q.quiz_id != quiz_id:
             return None
         self.open = None
+        q.closed_at = ts
+        if expected is not None:
+            q.expected = {str(e) for e in expected} | q.answer_edges
+            if q.expected:
+                self.closing[quiz_id] = q
+                return None
+        return self._final(q)
+
+    def fold_flushed(
+        self, quiz_id: str, edge_id: str, data: dict[str, Any] | None = None
+    ) -> QuizResult | None:
+        """Fold ``edge_id``'s marker (``data``, see
+        :func:`~liveclass.origin.results.polls.note_flushed`); the result if
+        it made the question final."""
+        q = self.closing.get(quiz_id)
+        if q is None:
+            return None
+        note_flushed(q.expected, q.flushed, edge_id, data or {})
+        if q.expected:
+            return None
+        del self.closing[quiz_id]
+        return self._final(q)
+
+    def fold_finalize(self, quiz_id: str) -> QuizResult | None:
+        """Make a closing question final whatever edge has not flushed."""
+        q = self.closing.pop(quiz_id, None)
+        return self._final(q) if q is not None else None
+
+    def _final(self, q: Question) -> QuizResult:
         won = {user_id: pts for user_id, (_, pts) in q.answers.items()}
         for user_id, pts in won.items():
             self.totals[user_id] = self.totals.get(user_id, 0) + pts
-        return QuizResult(quiz_id, q.correct, won, self.leaderboard())
+        return QuizResult(q.quiz_id, q.correct, won, self.leaderboard())
 
     def leaderboard(self) -> list[dict[str, Any]]:
         """The best totals, ties broken by user id so every edge agrees."""

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from liveclass.origin.contract import LogEvent
+from liveclass.origin.contract import PRESENCE_CHANGES, LogEvent, presence_events
 from liveclass.origin.store import schema
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,19 @@ async def _member_joined(conn: AsyncConnection, cls: str, event: LogEvent) -> No
     await conn.execute(statement.on_conflict_do_nothing())
 
 
-async def _member_left(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
+async def _member_left(
+    conn: AsyncConnection, cls: str, event: LogEvent, opened_before: str = ""
+) -> None:
     # One connection ended: the oldest open session of this member on this
     # edge, opened before this entry. Not a session on another edge (the
     # member moved there, and this edge's entry came late), nor a later one
-    # (on replay it must stay open).
+    # (on replay it must stay open). Within one presence.changes entry,
+    # "before" is by change id (``opened_before``: this change's own).
     table = schema.attendance
+    before = table.c.join_seq < event.seq
+    if opened_before:
+        earlier = and_(table.c.join_seq == event.seq, table.c.event_id < opened_before)
+        before = or_(before, earlier)
     oldest = (
         select(table.c.id)
         .where(
@@ -70,7 +77,7 @@ async def _member_left(conn: AsyncConnection, cls: str, event: LogEvent) -> None
                 table.c.user_id == _field(event, "user_id", str),
                 table.c.edge_id == event.edge_id,
                 table.c.left_at.is_(None),
-                table.c.join_seq < event.seq,
+                before,
             )
         )
         .order_by(table.c.join_seq)
@@ -80,6 +87,16 @@ async def _member_left(conn: AsyncConnection, cls: str, event: LogEvent) -> None
     await conn.execute(
         update(table).where(table.c.id == oldest).values(left_at=event.ts)
     )
+
+
+async def _presence_changes(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
+    # Each change is stored as the entry it stands for, in order, under an
+    # id derived from the merged entry's: replaying it stores nothing twice.
+    for change in presence_events(event):
+        if change.type == "member.joined":
+            await _member_joined(conn, cls, change)
+        else:
+            await _member_left(conn, cls, change, opened_before=change.id)
 
 
 async def _chat_message(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
@@ -117,6 +134,10 @@ async def _poll_opened(conn: AsyncConnection, cls: str, event: LogEvent) -> None
 
 
 async def _poll_closed(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
+    if "counts" not in event.data:
+        # The close's first step: the results come with the entry that
+        # makes the poll final (the reconciler's fold fills them in).
+        return
     # Upsert: a closing seen without its opening (trimmed log) still counts.
     counts = _field(event, "counts", list)
     votes = event.data.get("votes")
@@ -148,6 +169,8 @@ async def _quiz_asked(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
 
 
 async def _quiz_closed(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
+    if "leaderboard" not in event.data:
+        return  # the close's first step, as for a poll
     correct = event.data.get("correct")
     result = {
         "correct": correct if isinstance(correct, int) else None,
@@ -207,6 +230,7 @@ Handler = Callable[[AsyncConnection, str, LogEvent], Awaitable[None]]
 HANDLERS: dict[str, Handler] = {
     "member.joined": _member_joined,
     "member.left": _member_left,
+    PRESENCE_CHANGES: _presence_changes,
     "chat.message": _chat_message,
     "chat.deleted": _chat_deleted,
     "poll.opened": _poll_opened,
