@@ -85,6 +85,10 @@ should get to read the reason before the connection is cut."""
 KEEPALIVE_S = 30.0
 """How often members are pinged; one that sent nothing for two rounds is cut."""
 
+KEEPALIVE_SLICES = 60
+"""Steps a keepalive round is spread over (a sixtieth of the members every
+half second by default)."""
+
 
 class State(IntEnum):
     """Where a member connection is in its life."""
@@ -151,11 +155,18 @@ class MemberServer:
             conn.abort()
 
     async def _ping_loop(self) -> None:
+        # A round pings every member once, spread over the whole interval:
+        # ten thousand pings at once would hold the event loop (and every
+        # fan-out behind it) for as long as a fan-out round.
         ping = frame(Opcode.PING, b"")
         while True:
-            await asyncio.sleep(KEEPALIVE_S)
-            for conn in list(self.connections):
-                conn.keepalive(ping)
+            step = KEEPALIVE_S / KEEPALIVE_SLICES
+            members = list(self.connections)
+            per_slice = -(-len(members) // KEEPALIVE_SLICES)
+            for at in range(0, KEEPALIVE_SLICES * per_slice or 1, per_slice or 1):
+                await asyncio.sleep(step)
+                for conn in members[at : at + per_slice]:
+                    conn.keepalive(ping)
 
 
 class MemberConnection(asyncio.Protocol):

@@ -339,3 +339,39 @@ async def test_a_message_after_a_removal_close_is_dropped(
     await asyncio.sleep(0.3)  # more than a batcher tick
     entries = await edge.node.log.read(class_id, 0, 100)
     assert not [e for e in entries if e.type == "chat.message"]
+
+
+async def test_keepalive_spreads_pings_and_cuts_a_silent_member(
+    edge: EdgeRunner,
+    keyring: KeyRing,
+    class_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wsserver, "KEEPALIVE_S", 0.4)
+    monkeypatch.setattr(wsserver, "KEEPALIVE_SLICES", 4)
+    port = port_of(edge)
+    silent, lively = await RawClient.open(port), await RawClient.open(port)
+    await silent.upgrade(query(keyring, class_id, "silent"))
+    await lively.upgrade(query(keyring, class_id, "lively"))
+    await silent.frame()  # the welcome; then it never answers a ping
+
+    async def answer_pings() -> int:
+        pings = 0
+        while True:
+            opcode, payload = await lively.frame()
+            if opcode == 0x9:
+                pings += 1
+                lively.send(0xA, payload)
+                if pings == 3:
+                    return pings
+
+    assert await asyncio.wait_for(answer_pings(), TIMEOUT) == 3
+    # The silent one was pinged, said nothing for a round, and is cut: its
+    # stream ends (read() returns at EOF) after the ping it never answered.
+    rest = await asyncio.wait_for(silent.reader.read(), TIMEOUT)
+    assert b"\x89\x00" in rest
+    for _ in range(200):
+        if edge.node.connections == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert edge.node.connections == 1
