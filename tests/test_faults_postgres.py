@@ -286,13 +286,13 @@ def warnings_of(fleet: Fleet, name: str) -> list[str]:
 
 
 async def test_postgres_outage_loses_and_doubles_nothing(
-    tmp_path: Path, redis_url: str, own_postgres: LocalPostgres
+    tmp_path: Path, log_url: str, own_postgres: LocalPostgres
 ) -> None:
     """PostgreSQL stops for 30 s while the class chats and votes: the class
     goes on, the origin says once that the database is gone and once that
     it is back, shows the backlog, and then stores every event once."""
     async with (
-        fleet_of(tmp_path, redis_url, own_postgres.url) as fleet,
+        fleet_of(tmp_path, log_url, own_postgres.url) as fleet,
         httpx.AsyncClient() as http,
     ):
         await asyncio.to_thread(fleet.start_origin)
@@ -350,14 +350,14 @@ async def test_postgres_outage_loses_and_doubles_nothing(
 
 
 async def test_origin_killed_with_entries_pending(
-    tmp_path: Path, redis_url: str, own_postgres: LocalPostgres
+    tmp_path: Path, log_url: str, own_postgres: LocalPostgres
 ) -> None:
     """The origin is killed (SIGKILL) while entries it read wait for a
     database that is away; the class goes on without it. Restarted, it reads
     those pending entries again and stores them and the rest, each once,
     with the votes of the poll open across the crash counted exactly."""
-    log = RedisClassLog.from_url(redis_url)
-    async with fleet_of(tmp_path, redis_url, own_postgres.url) as fleet:
+    log = RedisClassLog.from_url(log_url)
+    async with fleet_of(tmp_path, log_url, own_postgres.url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
         await asyncio.to_thread(fleet.start_edge, "edge-a", 48.85, 2.35)
         try:
