@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -21,12 +23,20 @@ def _free_port() -> int:
 
 
 class LocalCluster:
-    """Three masters, no replicas, each in its own folder under ``root``."""
+    """Three masters, no replicas, each in its own folder under ``root``.
 
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    With ``persistent``, nodes keep an append-only file, and :meth:`start`
+    after :meth:`shutdown` brings the same cluster back with its data (the
+    nodes find each other again from their ``nodes.conf``).
+    """
+
+    def __init__(self, root: Path, nodes: int = 3, persistent: bool = False) -> None:
         self.root = root
         self.ports = [_free_port() for _ in range(nodes)]
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.persistent = persistent
+        self.paused = False
+        self._created = False
 
     @property
     def url(self) -> str:
@@ -39,9 +49,10 @@ class LocalCluster:
         cli = shutil.which("redis-cli")
         if server is None or cli is None:
             raise FileNotFoundError("redis-server and redis-cli are needed")
+        self.procs = []
         for port in self.ports:
             folder = self.root / str(port)
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
             self.procs.append(
                 subprocess.Popen(
                     [
@@ -57,7 +68,7 @@ class LocalCluster:
                         "--save",
                         "",
                         "--appendonly",
-                        "no",
+                        "yes" if self.persistent else "no",
                         "--dir",
                         str(folder),
                     ],
@@ -67,6 +78,12 @@ class LocalCluster:
             )
         for port in self.ports:
             self._wait(cli, port, "PING", "PONG")
+        if self._created:
+            # Restarted: the nodes rejoin from their nodes.conf.
+            for port in self.ports:
+                self._wait(cli, port, "CLUSTER INFO", "cluster_state:ok")
+            return
+        self._created = True
         subprocess.run(
             [
                 cli,
@@ -82,6 +99,41 @@ class LocalCluster:
         )
         for port in self.ports:
             self._wait(cli, port, "CLUSTER INFO", "cluster_state:ok")
+
+    def pause(self) -> None:
+        """Freeze every node (SIGSTOP): connections stay open, nothing is
+        answered."""
+        for proc in self.procs:
+            os.kill(proc.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """Let paused nodes go on (SIGCONT)."""
+        for proc in self.procs:
+            os.kill(proc.pid, signal.SIGCONT)
+        self.paused = False
+
+    def shutdown(self) -> None:
+        """Stop every node cleanly (SHUTDOWN writes the append-only file
+        out first) and wait for them to exit."""
+        cli = shutil.which("redis-cli")
+        assert cli is not None
+        for port in self.ports:
+            subprocess.run(
+                [cli, "-p", str(port), "SHUTDOWN"], capture_output=True, timeout=20
+            )
+        for proc in self.procs:
+            proc.wait(timeout=20)
+        self.procs = []
+
+    def destroy(self) -> None:
+        """Stop every node however it is (paused included)."""
+        if self.paused:
+            self.resume()
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.procs = []
 
     def stop(self) -> None:
         """Stop every node."""

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +32,7 @@ import httpx
 import pytest
 from fleet import API_KEY, Fleet
 from local_redis import LocalRedis, RedisUnavailable
+from redis_cluster import LocalCluster
 from test_faults import fleet_of, new_class
 
 from liveclass.edge_node.batcher import HOLD_AFTER_S
@@ -70,12 +73,23 @@ EDGE_A_CAPACITY = 3
 STUDENTS = 5
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A running Redis of this test's own, destroyed after it."""
+@pytest.fixture(params=["redis", "redis-cluster"])
+def own_redis(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[LocalRedis | LocalCluster]:
+    """A running Redis of this test's own, destroyed after it: one server,
+    then (the same test again) a three-node cluster, both persistent."""
+    server: LocalRedis | LocalCluster
     try:
-        server = LocalRedis(tmp_path / "redis")
+        if request.param == "redis":
+            server = LocalRedis(tmp_path / "redis")
+        else:
+            if shutil.which("redis-server") is None:
+                raise RedisUnavailable("redis-server is not installed")
+            server = LocalCluster(tmp_path / "redis-cluster", persistent=True)
     except RedisUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc}; CI must provide it")
         pytest.skip(str(exc))
     try:
         server.start()
@@ -483,7 +497,7 @@ async def through_outage(
 
 async def test_redis_paused_then_restarted_loses_and_doubles_nothing(
     tmp_path: Path,
-    own_redis: LocalRedis,
+    own_redis: LocalRedis | LocalCluster,
     postgres_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from liveclass.origin.classlog.base import (
     DEFAULT_RETENTION,
@@ -96,6 +96,11 @@ def _stream_id(seq: int) -> str:
     return f"{seq}-1" if seq > 0 else "0-0"
 
 
+_FAILURES = (RedisError, RedisClusterException)
+"""What a call may raise when Redis does not answer. The cluster client's
+"no node reachable" is not a RedisError, and must not end a class room."""
+
+
 class RedisClassLog(ClassLog):
     """A class log kept in Redis Streams."""
 
@@ -131,7 +136,7 @@ class RedisClassLog(ClassLog):
                 keys=[*_keys(class_id), _batch_key(class_id, events[0].id)],
                 args=[self._retention, BATCH_MEMORY_S, *payloads],
             )
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: append failed: {exc}") from exc
         first = int(first)
         return [e.model_copy(update={"seq": first + i}) for i, e in enumerate(events)]
@@ -154,7 +159,7 @@ class RedisClassLog(ClassLog):
             # Entries after ``after`` were given numbers but none is kept.
             first = _seq_of(oldest[0][0]) if oldest else head + 1
             raise HistoryTrimmed(class_id, after, first)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: read failed: {exc}") from exc
 
     async def wait(
@@ -176,7 +181,7 @@ class RedisClassLog(ClassLog):
                 count=limit,
                 block=max(1, int(timeout * 1000)),
             )
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: wait failed: {exc}") from exc
         if not found:
             return []
@@ -187,7 +192,7 @@ class RedisClassLog(ClassLog):
         seq_key, _ = _keys(class_id)
         try:
             value = await self._redis.get(seq_key)
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: head failed: {exc}") from exc
         return int(value) if value is not None else 0
 
@@ -202,7 +207,7 @@ class RedisClassLog(ClassLog):
             if str(exc).startswith("BUSYGROUP"):
                 return False
             raise ClassLogError(f"class {class_id}: group failed: {exc}") from exc
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: group failed: {exc}") from exc
         return True
 
@@ -238,7 +243,7 @@ class RedisClassLog(ClassLog):
         _, log_key = _keys(class_id)
         try:
             await self._redis.xack(log_key, group, *map(_stream_id, seqs))
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: ack failed: {exc}") from exc
 
     async def backlog(self, class_id: str, group: str) -> Backlog:
@@ -249,7 +254,7 @@ class RedisClassLog(ClassLog):
                 groups = await self._redis.xinfo_groups(log_key)
             except ResponseError:
                 groups = []  # no stream yet
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: backlog failed: {exc}") from exc
         for found in groups:
             name = found["name"]
@@ -284,7 +289,7 @@ class RedisClassLog(ClassLog):
             if str(exc).startswith("NOGROUP"):
                 raise GroupMissing(class_id, group) from exc
             raise ClassLogError(f"class {class_id}: read failed: {exc}") from exc
-        except RedisError as exc:
+        except _FAILURES as exc:
             raise ClassLogError(f"class {class_id}: read failed: {exc}") from exc
         if not found:
             return []
