@@ -143,7 +143,9 @@ class Lesson:
 
     async def vote(self, poll_id: str, choose: Callable[[int], int]) -> None:
         """Every student votes ``choose(n)`` (n: the student's index); return
-        once the teacher's tally counts every vote."""
+        once the teacher's tally counts every vote. Members are on several
+        edges: only a vote the log has before the close counts, so a change
+        must leave counts different from the votes it changes."""
         for n, student in enumerate(self.students):
             option = choose(n)
             await student.room.vote(poll_id, option)
@@ -166,26 +168,44 @@ class Lesson:
         return counts
 
 
+EDGES = ("edge-a", "edge-b", "edge-c")
+
+
 @contextlib.asynccontextmanager
 async def lesson(fleet: Fleet, students: int) -> AsyncIterator[Lesson]:
-    """A live class with a teacher and ``students``, joined through the SDK;
-    every token is minted first, while the database answers."""
+    """A live class with a teacher and ``students`` spread over three edge
+    processes, joined through the SDK; every token is minted first, while
+    the database answers.
+
+    The edges start one by one, each of the first two taking at most an
+    equal share, so that members fill one edge before the next opens.
+    """
+    share = max(1, (students + 1) // len(EDGES))
     async with (
         AdminClient(fleet.origin_url, API_KEY) as admin,
         contextlib.AsyncExitStack() as stack,
     ):
         class_id = await new_class(admin, "database outage")
-        minted = await admin.mint_token(class_id, "tea", "Tea", Role.TEACHER)
-        room = await stack.enter_async_context(connect(fleet.origin_url, minted.token))
-        teacher = Member(room)
-        members = []
+        tokens = [(await admin.mint_token(class_id, "tea", "Tea", Role.TEACHER)).token]
         for n in range(students):
-            minted = await admin.mint_token(class_id, f"s{n}", f"S{n}")
-            room = await stack.enter_async_context(
-                connect(fleet.origin_url, minted.token)
+            tokens.append((await admin.mint_token(class_id, f"s{n}", f"S{n}")).token)
+        joined: list[Member] = []
+        for i, edge_id in enumerate(EDGES):
+            last = i == len(EDGES) - 1
+            await asyncio.to_thread(
+                fleet.start_edge,
+                edge_id,
+                48.85,
+                2.35,
+                capacity=None if last else share,
             )
-            members.append(Member(room))
-        yield Lesson(admin, class_id, teacher, members)
+            batch = tokens[i * share :] if last else tokens[i * share : (i + 1) * share]
+            for token in batch:
+                room = await stack.enter_async_context(connect(fleet.origin_url, token))
+                joined.append(Member(room))
+        on = {m.room.edge_id for m in joined}
+        assert on == set(EDGES), f"members on {sorted(on)}, not on three edges"
+        yield Lesson(admin, class_id, joined[0], joined[1:])
 
 
 @contextlib.asynccontextmanager
@@ -296,7 +316,6 @@ async def test_postgres_outage_loses_and_doubles_nothing(
         httpx.AsyncClient() as http,
     ):
         await asyncio.to_thread(fleet.start_origin)
-        await asyncio.to_thread(fleet.start_edge, "edge-a", 48.85, 2.35)
         async with lesson(fleet, students=6) as now:
             first = await now.open_poll("Before the outage?", ["a", "b", "c"])
             await now.vote(first, lambda n: n % 3)
@@ -308,7 +327,9 @@ async def test_postgres_outage_loses_and_doubles_nothing(
                 stopped_at = time.monotonic()
                 # Members change their minds, a poll closes and another
                 # opens, all while nothing can be stored.
-                await now.vote(first, lambda n: (n + 1) % 3)
+                # Counts that differ from the first votes', so that waiting
+                # for the tally waits for the changes.
+                await now.vote(first, lambda n: 0 if n < 3 else n % 3)
                 await now.close_poll(first)
                 second = await now.open_poll("During the outage?", ["x", "y", "z"])
                 await now.vote(second, lambda n: min(n, 2))
@@ -359,7 +380,6 @@ async def test_origin_killed_with_entries_pending(
     log = RedisClassLog.from_url(log_url)
     async with fleet_of(tmp_path, log_url, own_postgres.url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
-        await asyncio.to_thread(fleet.start_edge, "edge-a", 48.85, 2.35)
         try:
             async with lesson(fleet, students=3) as now:
                 poll = await now.open_poll("Across the crash?", ["a", "b", "c"])
@@ -375,7 +395,7 @@ async def test_origin_killed_with_entries_pending(
                     await asyncio.to_thread(fleet.kill, "origin")
                     pending = await log.backlog(now.class_id, GROUP)
                     assert pending.pending, "no entry was pending in 15 s"
-                    await now.vote(poll, lambda n: (n + 2) % 3)
+                    await now.vote(poll, lambda n: 1)  # other counts than before
                     await asyncio.sleep(2)
 
                     await asyncio.to_thread(own_postgres.start)
