@@ -201,9 +201,10 @@ async def new_class(admin: AdminClient, title: str) -> str:
 async def test_edge_sigkill_moves_students_without_loss(
     tmp_path: Path, log_url: str
 ) -> None:
-    """Edge A dies (SIGKILL) while the teacher, on edge B, chats every
-    100 ms: its students are on edge B within 5 s, and every student gets
-    every message once, in order, with no gap in the numbers."""
+    """Edge A dies (SIGKILL) while the teacher, on edge C, chats every
+    100 ms: its students are on another edge (C: B is full) within 5 s, and
+    every student, on all three edges, gets every message once, in order,
+    with no gap in the numbers."""
     texts = numbered("kill", 40)
     async with fleet_of(tmp_path, log_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
@@ -221,18 +222,24 @@ async def test_edge_sigkill_moves_students_without_loss(
             rooms = []
             for n in range(STUDENTS):
                 if n == FIRST_EDGE_CAPACITY:
-                    await asyncio.to_thread(fleet.start_edge, "edge-b", 48.85, 2.35)
+                    # Edge B: two students; edge C the rest and the teacher.
+                    await asyncio.to_thread(
+                        fleet.start_edge, "edge-b", 48.85, 2.35, capacity=2
+                    )
+                if n == FIRST_EDGE_CAPACITY + 2:
+                    await asyncio.to_thread(fleet.start_edge, "edge-c", 48.85, 2.35)
                 minted = await admin.mint_token(class_id, f"s{n}", f"S{n}")
                 room = connect(fleet.origin_url, minted.token)
                 rooms.append(await stack.enter_async_context(room))
             # Edge A, which has most of the class, is the one to die.
             movers = [r for r in rooms if r.edge_id == "edge-a"]
-            stayers = [r for r in rooms if r.edge_id == "edge-b"]
+            stayers = [r for r in rooms if r.edge_id in ("edge-b", "edge-c")]
             assert len(movers) == FIRST_EDGE_CAPACITY
             assert len(stayers) == STUDENTS - FIRST_EDGE_CAPACITY
+            assert {r.edge_id for r in stayers} == {"edge-b", "edge-c"}
 
             minted = await admin.mint_token(class_id, "tea", "Tea", Role.TEACHER)
-            teacher = await Wire.open(fleet.edges["edge-b"], minted.token)
+            teacher = await Wire.open(fleet.edges["edge-c"], minted.token)
             stack.push_async_callback(teacher.close)
             await teacher.until(lambda e: e["type"] == "welcome")
             listeners = [Listener(room, texts[-1]) for room in rooms]
@@ -260,7 +267,8 @@ async def test_edge_sigkill_moves_students_without_loss(
                 f"{len(movers)} students on edge-a; moved within 5 s: {moved_after}"
             )
             assert max(moved_after.values()) <= 5.0, moved_after
-            assert all(room.edge_id == "edge-b" for room in rooms)
+            # Edge B is full: the movers are all on edge C.
+            assert all(room.edge_id == "edge-c" for room in movers)
 
             await teacher.until(lambda e: e.get("data", {}).get("text") == texts[-1])
             async with asyncio.timeout(10):
