@@ -305,7 +305,7 @@ async def test_origin_restart_loses_no_chat(
     texts = numbered("restart", 40)
     async with fleet_of(tmp_path, log_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
-        for edge_id in ("edge-a", "edge-b"):
+        for edge_id in ("edge-a", "edge-b", "edge-c"):
             await asyncio.to_thread(fleet.start_edge, edge_id, 48.85, 2.35)
 
         async with (
@@ -319,7 +319,10 @@ async def test_origin_restart_loses_no_chat(
             minted = await admin.mint_token(class_id, "ann", "Ann")
             student = await Wire.open(fleet.edges["edge-b"], minted.token)
             stack.push_async_callback(student.close)
-            for member in (teacher, student):
+            minted = await admin.mint_token(class_id, "bob", "Bob")
+            other = await Wire.open(fleet.edges["edge-c"], minted.token)
+            stack.push_async_callback(other.close)
+            for member in (teacher, student, other):
                 await member.until(lambda e: e["type"] == "welcome")
 
             async def restart() -> None:
@@ -333,11 +336,12 @@ async def test_origin_restart_loses_no_chat(
 
             await teach(teacher, texts, fault_at=10, fault=restart)
             last = lambda e: e.get("data", {}).get("text") == texts[-1]  # noqa: E731
-            for member in (teacher, student):
+            for member in (teacher, student, other):
                 await member.until(last)
                 assert member.frame_errors == []
             assert [text for _, text in teacher.chat] == texts
             assert_exactly_once("ann", student.chat, teacher.chat)
+            assert_exactly_once("bob", other.chat, teacher.chat)
 
             # The restarted origin picks the class log up where it left it.
             report_chat: list[tuple[int, str]] = []
