@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from local_postgres import LocalPostgres, PostgresUnavailable
@@ -31,13 +32,21 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
+def unavailable(message: str, hint: str) -> NoReturn:
+    """A server or binary a test needs is missing: fail under ``CI=true``
+    (CI must provide it), skip elsewhere with ``hint``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; CI must provide it")
+    pytest.skip(f"{message}; {hint}")
+
+
 def _need(service: str, host: str, port: int) -> None:
     if _listening(host, port):
         return
-    message = f"{service} is not listening on {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; CI must provide it (.ci/run starts it)")
-    pytest.skip(f"{message}; start it to run this test")
+    unavailable(
+        f"{service} is not listening on {host}:{port}",
+        "start it to run this test (.ci/run does)",
+    )
 
 
 def free_port() -> int:
@@ -63,9 +72,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI must provide it")
-        pytest.skip(f"{message}; install it to test Redis Cluster")
+        unavailable(message, "install it to test Redis Cluster")
     cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
         cluster.start()
@@ -140,9 +147,7 @@ def own_postgres() -> Iterator[LocalPostgres]:
     try:
         server = LocalPostgres()
     except PostgresUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc}; CI must provide the PostgreSQL server binaries")
-        pytest.skip(str(exc))
+        unavailable(str(exc), "install the PostgreSQL server to run this test")
     try:
         server.start()
         yield server
