@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from liveclass.origin.classlog import ClassLog, ClassLogError
 from liveclass.origin.contract import PRESENCE_CHANGES, LogEvent, presence_change
@@ -80,12 +81,11 @@ def merge_batches(events: Sequence[LogEvent]) -> list[LogEvent]:
     for event in events:
         if event.type in _PRESENCE:
             if changes is None:
+                data: dict[str, Any] = {"changes": []}
+                if "worker" in event.data:
+                    data["worker"] = event.data["worker"]
                 changes = event.model_copy(
-                    update={
-                        "type": PRESENCE_CHANGES,
-                        "actor": None,
-                        "data": {"changes": []},
-                    }
+                    update={"type": PRESENCE_CHANGES, "actor": None, "data": data}
                 )
                 out.append(changes)
             changes.data["changes"].append(presence_change(event))

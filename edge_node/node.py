@@ -314,7 +314,10 @@ class EdgeNode:
         self.member_left.set()
 
     def _presence_entry(self, type_: str, member: Member) -> LogEvent:
-        return presence_entry(type_, member, self.config.edge_id)
+        # The processes of one edge count their members apart (see
+        # presence.source_of); a single process needs no worker field.
+        worker = self.config.worker if self.config.workers > 1 else None
+        return presence_entry(type_, member, self.config.edge_id, worker)
 
     def _show_held(self, class_id: str, entries: list[LogEvent]) -> None:
         """The batcher holds ``entries`` for a log that does not answer: the

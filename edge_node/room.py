@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 
 from pydantic_core import to_json
 
@@ -28,8 +29,8 @@ from liveclass.edge_node.fanout import (
 )
 from liveclass.edge_node.metrics import Metrics
 from liveclass.edge_node.rules import ClassState, Validator
-from liveclass.edge_node.rules.presence import presence_entry
-from liveclass.edge_node.rules.state import Folded
+from liveclass.edge_node.rules.presence import source_of
+from liveclass.edge_node.rules.state import EDGE_TIMEOUT_S, Folded
 from liveclass.edge_node.rules.validate import (
     closing_entry,
     finalize_entry,
@@ -69,9 +70,13 @@ folding a close an edge waits for every expected edge to flush its votes or
 answers before making the poll or question final without them (one may be
 gone)."""
 
-PRESENCE_HEARTBEAT_S = 10.0
+PRESENCE_HEARTBEAT_S = 3.0
 """How often an edge with members in a class says so in the class log; see
 :data:`~liveclass.edge_node.rules.state.EDGE_TIMEOUT_S`."""
+
+ROSTER_PAGE = 1000
+"""Connections per ``presence.edge`` entry when an edge says again who it
+holds: a roster of 10,000 goes in ten entries of about 50 KB."""
 
 READ_PAGE = 1000
 
@@ -119,6 +124,9 @@ class ClassRoom:
         self._linger_s = linger_s
         self._on_idle = on_idle
         self._worker = worker  # (this process, processes) of the edge
+        self._source = source_of(
+            edge_id, {"worker": worker[0]} if worker[1] > 1 else {}
+        )
         self._joining = 0
         self._idle_since = time.monotonic()
         self._ring: deque[LogEvent] = deque()
@@ -298,9 +306,38 @@ class ClassRoom:
             extra=self._extra,
         )
         await self._start_over()
-        members = [s.member for sinks in self.sinks.values() for s in sinks]
-        joined = [presence_entry("member.joined", m, self.edge_id) for m in members]
-        await self._append(self.class_id, [self._edge_entry(reset=True), *joined])
+        await self._append(self.class_id, self._roster_entries())
+
+    async def _say_roster(self) -> None:
+        """The log's readers took this edge for gone (it was silent in the
+        log for too long by the times of others' entries) and dropped its
+        members from the count: say again who is here."""
+        logger.warning(
+            "class log readers dropped this edge's %d members from the count "
+            "(no entry of it in %.0f s by others' clocks: its entries were "
+            "held, or its clock is behind); saying who is here again",
+            self.connections,
+            EDGE_TIMEOUT_S,
+            extra=self._extra,
+        )
+        await self._append(self.class_id, self._roster_entries())
+
+    def _roster_entries(self) -> list[LogEvent]:
+        """This edge's members, one item per connection, in
+        ``presence.edge`` entries: the first resets what the log counted for
+        this edge, so entries of it still queued ahead count for nothing."""
+        roster = [
+            [s.member.user_id, s.member.name, s.member.role.value]
+            for sinks in self.sinks.values()
+            for s in sinks
+        ]
+        entries = [self._edge_entry(reset=True)]
+        entries[0].data["roster"] = roster[:ROSTER_PAGE]
+        for start in range(ROSTER_PAGE, len(roster), ROSTER_PAGE):
+            entry = self._edge_entry()
+            entry.data["roster"] = roster[start : start + ROSTER_PAGE]
+            entries.append(entry)
+        return entries
 
     def _fold(self, entry: LogEvent) -> Folded:
         try:
@@ -381,6 +418,8 @@ class ClassRoom:
         for folded in results:
             if folded.closing is not None:
                 await self._flush(*folded.closing)
+            if self._source in folded.dropped and self.connections:
+                await self._say_roster()
 
         if any(f.removed is not None or f.ended for f in results):
             # Those closed below must get the entry that closes them first.
@@ -551,6 +590,8 @@ class ClassRoom:
         data: dict[str, object] = {"count": self.connections}
         if reset:
             data["reset"] = True
+        if self._worker[1] > 1:
+            data["worker"] = self._worker[0]
         return LogEvent(
             type="presence.edge",
             edge_id=self.edge_id,
@@ -701,8 +742,11 @@ class ClassRoom:
     def _welcome_frame(self, member: Member) -> str:
         # Key order as Event.model_dump_json, so clients see one shape.
         head = '{"type":"welcome","seq":null,"ts":0.0,"actor":null,"data":'
-        who = json.dumps(
-            {"user_id": member.user_id, "name": member.name, "role": member.role}
+        # As json.dumps encodes the dict of the member's fields, without
+        # building the dict and an encoder per join.
+        who = (
+            f'{{"user_id": {_quote(member.user_id)}, "name": {_quote(member.name)}, '
+            f'"role": {_quote(member.role)}}}'
         )
         body = (
             f'{{"snapshot":{self._snapshot_json(member)},'

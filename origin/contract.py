@@ -7,6 +7,7 @@ answers. Every record crossing the boundary is validated with these models.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
@@ -74,6 +75,17 @@ new_event_id = _EventIds()
 """A fresh :attr:`LogEvent.id`: 32 hex digits, unique across processes."""
 
 
+def sent_event_id(class_id: str, user_id: str, ref: str) -> str:
+    """The :attr:`LogEvent.id` of what member ``user_id`` sent with ``ref``.
+
+    The SDK sends a message again, with the same ref, when the edge that took
+    it may have died before it reached the log. Both copies get this id, so
+    edges fold the second as a duplicate and the origin stores it once.
+    """
+    key = f"{class_id}\0{user_id}\0{ref}".encode()
+    return "r" + hashlib.blake2b(key, digest_size=15).hexdigest()
+
+
 class LogEvent(BaseModel):
     """One entry of a class log.
 
@@ -139,6 +151,8 @@ def presence_events(entry: LogEvent) -> list[LogEvent]:
     one entry sort in their order. Malformed items are skipped.
     """
     out = []
+    # The process of a multi-process edge that wrote them, kept on each.
+    worker = entry.data.get("worker")
     for i, item in enumerate(entry.data.get("changes") or ()):
         if not isinstance(item, list | tuple) or len(item) < 2:
             continue
@@ -149,6 +163,8 @@ def presence_events(entry: LogEvent) -> list[LogEvent]:
         if type_ == "member.joined":
             data["name"] = str(item[2]) if len(item) > 2 else ""
             data["role"] = str(item[3]) if len(item) > 3 and item[3] else "student"
+        if worker is not None:
+            data["worker"] = worker
         out.append(
             entry.model_copy(
                 update={

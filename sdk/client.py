@@ -43,6 +43,7 @@ from liveclass.sdk.events import (
 )
 from liveclass.sdk.http import http_client
 from liveclass.sdk.provisional import Provisional
+from liveclass.sdk.resend import Unconfirmed
 from liveclass.sdk.route import Candidate, Route, fetch_route, order_by_latency
 from liveclass.sdk.state import ClassState
 
@@ -129,6 +130,7 @@ class Classroom:
         self.reconnect = reconnect
         self.state = ClassState()
         self._provisional = Provisional()
+        self._unconfirmed: Unconfirmed | None = None
         self.class_id = ""
         self.edge_id = ""
         self._token = token
@@ -306,6 +308,8 @@ class Classroom:
             raise ProtocolError(f"edge {candidate.edge_id} sent an invalid welcome")
         self._ws, self._candidate = ws, candidate
         self._member = typed.member
+        if self._unconfirmed is None:
+            self._unconfirmed = Unconfirmed(typed.member.user_id)
         self.edge_id = typed.edge_id or candidate.edge_id
         resumed = self._last_seq is not None and frame.seq_to in (
             None,
@@ -411,6 +415,8 @@ class Classroom:
                 self._deliver(parse_event(event))
 
     def _deliver(self, event: ClassEvent) -> None:
+        if self._unconfirmed is not None and not self._unconfirmed.seen(event):
+            return  # a copy sent again was refused: expected, not news
         if isinstance(event, ChatMessage):
             # A message shown provisional before comes back numbered once:
             # the app gets a confirmation, not the message a second time.
@@ -457,7 +463,28 @@ class Classroom:
         except LiveclassError as exc:
             self._fail(exc)
             return False
+        await self._send_again()
         return True
+
+    async def _send_again(self) -> None:
+        """Send again what the lost connection's edge may have taken along
+        without writing it to the class log (see :mod:`.resend`)."""
+        ws = self._ws
+        if ws is None or self._unconfirmed is None:
+            return
+        messages = self._unconfirmed.again()
+        if not messages:
+            return
+        logger.info(
+            "sending %d messages again that edge %s may not have logged",
+            len(messages),
+            self.edge_id,
+        )
+        try:
+            for message in messages:
+                await ws.send(message.model_dump_json(exclude_none=True))
+        except websockets.ConnectionClosed:
+            pass  # lost again: the reader reconnects and sends them again
 
     async def _rejoin(self, avoid: frozenset[str]) -> None:
         """Join again with ``last_seq``, backing off between rounds.
@@ -528,6 +555,8 @@ class Classroom:
             raise ConnectionLost(
                 "the connection dropped while sending; it may not have arrived"
             ) from None
+        if self._unconfirmed is not None:
+            self._unconfirmed.sent(message)
         return message.ref or ""
 
     def _build(self, cls: type[Any], **fields: Any) -> Any:

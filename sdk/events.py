@@ -136,6 +136,9 @@ class ChatMessage(ClassEvent):
     provisional_id: str | None = None
     """Set on a provisional message, and on the numbered one it became when
     the same edge delivers it."""
+    ref: str | None = None
+    """What :meth:`~liveclass.sdk.client.Classroom.send_chat` returned to
+    the sender, when the sender gave one."""
 
 
 class ChatConfirmed(ClassEvent):

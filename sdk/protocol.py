@@ -320,7 +320,8 @@ EVENT_TYPES: dict[str, str] = {
     "data.edge_id; seq_to is the log position the snapshot reflects",
     "state.reset": "the resume number is older than the log keeps; "
     "data.snapshot replaces the client's state",
-    "chat.message": "data.text, data.name, data.role (log entry); while the "
+    "chat.message": "data.text, data.name, data.role, data.ref (the "
+    "sender's ref, if it gave one) (log entry); while the "
     "class log does not answer, the sender's edge shows its members their "
     "chat at once as a view (seq null) with data.provisional true and "
     "data.provisional_id, and the log entry it becomes carries the same "

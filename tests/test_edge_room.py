@@ -12,6 +12,7 @@ import pytest
 
 from liveclass.edge_node.fanout import Batch, member_frames
 from liveclass.edge_node.room import ClassRoom
+from liveclass.edge_node.rules.state import EDGE_TIMEOUT_S
 from liveclass.origin.classlog import MemoryClassLog
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.sdk.protocol import CloseCode, Event, Frame, Member, Role
@@ -241,3 +242,44 @@ async def test_a_big_room_gets_its_count_less_often_unless_a_frame_carries_it(
     await settle(room, log)
     await asyncio.sleep(0.05)
     assert counts() == [1]  # carried by a frame that goes to everyone
+
+
+async def test_a_room_dropped_by_the_sweep_says_who_it_holds(
+    room: ClassRoom, log: MemoryClassLog
+) -> None:
+    """Another edge's entries come far later by their times (this edge's
+    were held, or its clock is behind): the sweep drops this edge's members,
+    and the room appends who it holds, so every edge counts them again."""
+    ann, bob, ann_again = FakeSink(ANN), FakeSink(BOB), FakeSink(ANN)
+    for sink in (ann, bob, ann_again):
+        assert await room.join(sink, None, 100) is None
+    joined = [
+        LogEvent(type="member.joined", edge_id="edge-a", data=m)
+        for m in (
+            {"user_id": "ann", "name": "Ann", "role": "student"},
+            {"user_id": "bob", "name": "Bob", "role": "student"},
+        )
+    ]
+    await log.append("c1", joined)
+    await settle(room, log)
+    assert room.state.presence.count == 2
+    later = time.time() + EDGE_TIMEOUT_S + 5
+    beat = LogEvent(
+        type="presence.edge", edge_id="edge-b", ts=later, audience=Audience.EDGES
+    )
+    await log.append("c1", [beat])
+    for _ in range(200):
+        entries = await log.read("c1", 0, 100)
+        rosters = [e for e in entries if e.data.get("roster")]
+        if rosters:
+            break
+        await asyncio.sleep(0.01)
+    (roster,) = rosters
+    assert roster.edge_id == "edge-a" and roster.data["reset"] is True
+    assert sorted(map(tuple, roster.data["roster"])) == [
+        ("ann", "Ann", "student"),
+        ("ann", "Ann", "student"),
+        ("bob", "Bob", "student"),
+    ]
+    await settle(room, log)
+    assert room.state.presence.on_edge("edge-a") == 2

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from liveclass.edge_node.batcher import merge_batches
+from liveclass.edge_node.room import PRESENCE_HEARTBEAT_S
 from liveclass.edge_node.rules import ClassState, Validator
 from liveclass.edge_node.rules.chat import RateLimiter
 from liveclass.edge_node.rules.hands import HandQueue
-from liveclass.edge_node.rules.presence import Presence
+from liveclass.edge_node.rules.presence import Presence, presence_entry
+from liveclass.edge_node.rules.state import EDGE_TIMEOUT_S
 from liveclass.edge_node.rules.validate import flushed_entry
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.origin.results.quizzes import points
@@ -363,9 +365,72 @@ def test_a_silent_edge_loses_its_members() -> None:
     state.fold(_entry("member.joined", "a", 100, user_id="ann", name="A", role="x"))
     state.fold(_entry("member.joined", "b", 100, user_id="bob", name="B", role="x"))
     # Edge b keeps writing heartbeats; edge a falls silent.
-    for ts in range(110, 140, 10):
-        state.fold(_entry("presence.edge", "b", ts, count=1))
-    assert state.presence.count == 2
-    folded = state.fold(_entry("presence.edge", "b", 140, count=1))
-    assert folded.presence_changed
+    ts, folded = 100.0, None
+    while folded is None or not folded.dropped:
+        ts += PRESENCE_HEARTBEAT_S
+        folded = state.fold(_entry("presence.edge", "b", ts, count=1))
+        if ts <= 100 + EDGE_TIMEOUT_S:
+            assert not folded.dropped and state.presence.count == 2
+    # Dropped at the first heartbeat past the timeout: within 15 s.
+    assert ts - 100 <= min(15, EDGE_TIMEOUT_S + PRESENCE_HEARTBEAT_S)
+    assert folded.presence_changed and folded.dropped == ("a",)
     assert [m["user_id"] for m in state.presence.members()] == ["bob"]
+
+
+def test_a_dropped_edge_counts_again_from_its_roster() -> None:
+    """An edge dropped while alive says who it holds; its reset voids what
+    it wrote before (a join still queued), the roster counts each once."""
+    state = ClassState("c1")
+    state.fold(_entry("member.joined", "a", 100, user_id="ann", name="A", role="x"))
+    state.fold(_entry("member.joined", "b", 100, user_id="bob", name="B", role="x"))
+    folded = state.fold(_entry("presence.edge", "b", 100 + EDGE_TIMEOUT_S + 1))
+    assert folded.dropped == ("a",) and state.presence.count == 1
+    # Edge a's held entries arrive late: a join, then its roster (two pages).
+    state.fold(_entry("member.joined", "a", 101, user_id="cy", name="C", role="x"))
+    roster = [["ann", "A", "student"], ["cy", "C", "student"]]
+    first = _entry("presence.edge", "a", 111, count=3, reset=True, roster=roster)
+    assert state.fold(first).presence_changed
+    page = [["dee", "D", "ta"], "junk", ["x"]]
+    state.fold(_entry("presence.edge", "a", 111, count=3, roster=page))
+    assert [m["user_id"] for m in state.presence.members()] == [
+        "ann",
+        "bob",
+        "cy",
+        "dee",
+    ]
+    # One leave per connection the roster counted: none is counted twice.
+    state.fold(_entry("member.left", "a", 112, user_id="cy"))
+    assert "cy" not in state.presence and state.presence.on_edge("a") == 2
+
+
+def test_processes_of_one_edge_count_apart() -> None:
+    """One process of a multi-process edge (re)opening the class, or going
+    silent, touches only its own members."""
+    state = ClassState("c1")
+    state.fold(_entry("member.joined", "a", 100, user_id="ann", worker=0))
+    state.fold(_entry("member.joined", "a", 100, user_id="bob", worker=1))
+    assert state.presence.edges == ["a"] and state.presence.on_edge("a") == 2
+    state.fold(_entry("presence.edge", "a", 101, count=0, reset=True, worker=1))
+    assert [m["user_id"] for m in state.presence.members()] == ["ann"]
+    state.fold(_entry("member.joined", "a", 102, user_id="bob", worker=1))
+    # Worker 1 keeps beating, worker 0 falls silent and is dropped alone.
+    late = 100 + EDGE_TIMEOUT_S + 1
+    folded = state.fold(_entry("presence.edge", "a", late, worker=1))
+    assert folded.dropped == ("a/0",)
+    assert [m["user_id"] for m in state.presence.members()] == ["bob"]
+
+
+def test_a_ticks_presence_changes_keep_their_process() -> None:
+    """Merged per tick, a process's joins and leaves still count as its."""
+    student = Member(user_id="s", name="S", role=Role.STUDENT)
+    joined = presence_entry("member.joined", student, "a", worker=1)
+    left = presence_entry("member.left", student, "a", worker=1)
+    (merged,) = merge_batches([joined, left, joined])
+    assert merged.data["worker"] == 1
+    state = ClassState("c1")
+    state.fold(merged.model_copy(update={"seq": 1}))
+    reset = _entry("presence.edge", "a", merged.ts + 1, reset=True, worker=0)
+    state.fold(reset)
+    assert state.presence.members() == [
+        {"user_id": "s", "name": "S", "role": "student"}
+    ]

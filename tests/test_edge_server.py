@@ -227,7 +227,7 @@ async def test_join_chat_and_staff_only_events(
 
     await ann.send(type="chat.send", text="hello", ref="r1")
     got = await teacher.event("chat.message")
-    assert got.data == {"text": "hello", "name": "Ann", "role": "student"}
+    assert got.data == {"text": "hello", "name": "Ann", "role": "student", "ref": "r1"}
     assert got.actor == "ann" and got.seq is not None
     mine = await ann.event("chat.message")
     assert mine.seq == got.seq

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from fleet import API_KEY, Fleet, free_port
@@ -35,6 +36,7 @@ from liveclass.sdk.admin import AdminClient
 from liveclass.sdk.client import Classroom
 from liveclass.sdk.events import ChatMessage, StateReset
 from liveclass.sdk.protocol import PROTOCOL_VERSION, Role
+from liveclass.sdk.route import fetch_route
 
 STUDENTS = 10
 FIRST_EDGE_CAPACITY = 6
@@ -186,6 +188,13 @@ async def fleet_of(
         await asyncio.to_thread(fleet.stop)
 
 
+async def routed(origin_url: str, token: str) -> list[str]:
+    """The edges the origin offers a member, best first."""
+    async with httpx.AsyncClient() as http:
+        route = await fetch_route(http, origin_url, token)
+    return [candidate.edge_id for candidate in route.candidates]
+
+
 async def new_class(admin: AdminClient, title: str) -> str:
     """Create and start a class; its id."""
     klass = await admin.create_class(title=title)
@@ -196,22 +205,60 @@ async def new_class(admin: AdminClient, title: str) -> str:
 # --- an edge dies -----------------------------------------------------------
 
 
+DEAD_EDGE_GONE_S = 15.0
+"""How soon a killed edge's members leave the class total, and the edge
+leaves the routes the origin gives."""
+
+
+def counts_of(votes: dict[str, int], options: int) -> list[int]:
+    """The tally of each voter's last choice."""
+    counts = [0] * options
+    for option in votes.values():
+        counts[option] += 1
+    return counts
+
+
+async def latest(teacher: Wire, type_: str) -> dict[str, Any] | None:
+    """The last event of ``type_`` the teacher has received."""
+    found = [e for e in teacher.events if e["type"] == type_]
+    return found[-1] if found else None
+
+
+async def waited(
+    check: Callable[[], Awaitable[bool]], what: str, within_s: float
+) -> float:
+    """Seconds until ``check()`` holds, polling; fails after ``within_s``."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > within_s:
+            pytest.fail(f"{what}: not within {within_s:.0f} s")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - start
+
+
 @pytest.mark.slow
 @pytest.mark.redis
 async def test_edge_sigkill_moves_students_without_loss(
     tmp_path: Path, log_url: str
 ) -> None:
     """Edge A dies (SIGKILL) while the teacher, on edge C, chats every
-    100 ms: its students are on another edge (C: B is full) within 5 s, and
-    every student, on all three edges, gets every message once, in order,
-    with no gap in the numbers."""
+    100 ms and a poll is open. Just before, each of its students changed its
+    vote and sent a chat message, which edge A may not have logged yet.
+
+    Its students are on another edge (C: B is full) within 5 s; every
+    student, on all three edges, gets every message once, in order, with no
+    gap in the numbers, the movers' own included; a member of edge A that
+    does not come back (a raw client) leaves the class total within 15 s,
+    and the origin stops offering edge A; the poll's final tally is every
+    member's last vote, exactly.
+    """
     texts = numbered("kill", 40)
     async with fleet_of(tmp_path, log_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
-        # Both edges stand in one place: without GeoIP the origin ranks by
-        # load and class affinity. Edge A is small, so the class spans both.
+        # The edges stand in one place: without GeoIP the origin ranks by
+        # load and class affinity. Edge A is small, so the class spans all.
         await asyncio.to_thread(
-            fleet.start_edge, "edge-a", 48.85, 2.35, capacity=FIRST_EDGE_CAPACITY
+            fleet.start_edge, "edge-a", 48.85, 2.35, capacity=FIRST_EDGE_CAPACITY + 1
         )
 
         async with (
@@ -219,6 +266,11 @@ async def test_edge_sigkill_moves_students_without_loss(
             contextlib.AsyncExitStack() as stack,
         ):
             class_id = await new_class(admin, "edge kill")
+            # A member of edge A that will not come back once it dies.
+            minted = await admin.mint_token(class_id, "ghost", "Ghost")
+            ghost = await Wire.open(fleet.edges["edge-a"], minted.token)
+            stack.push_async_callback(ghost.close)
+            await ghost.until(lambda e: e["type"] == "welcome")
             rooms = []
             for n in range(STUDENTS):
                 if n == FIRST_EDGE_CAPACITY:
@@ -242,12 +294,49 @@ async def test_edge_sigkill_moves_students_without_loss(
             teacher = await Wire.open(fleet.edges["edge-c"], minted.token)
             stack.push_async_callback(teacher.close)
             await teacher.until(lambda e: e["type"] == "welcome")
+            everyone = STUDENTS + 2  # the students, the ghost, the teacher
+
+            # Everyone votes; the teacher sees every vote in the tally.
+            options = ["a", "b", "c"]
+            poll = {"type": "poll.open", "question": "which?", "options": options}
+            await teacher.ws.send(json.dumps(poll))
+            opened = await teacher.until(lambda e: e["type"] == "poll.opened")
+            poll_id = opened["data"]["poll_id"]
+            await ghost.until(lambda e: e["type"] == "poll.opened")
+
+            async def all_see_it() -> bool:
+                return all(r.state.poll is not None for r in rooms)
+
+            await waited(all_see_it, "every student sees the poll", 5.0)
+            votes: dict[str, int] = {"ghost": 2}
+            vote = {"type": "poll.vote", "poll_id": poll_id, "option": 2}
+            await ghost.ws.send(json.dumps(vote))
+            for n, room in enumerate(rooms):
+                votes[room.member.user_id] = n % 3
+                await room.vote(poll_id, n % 3)
+
+            async def tallied() -> bool:
+                tally = await latest(teacher, "poll.tally")
+                return tally is not None and tally["data"]["counts"] == counts_of(
+                    votes, 3
+                )
+
+            await waited(tallied, "every vote in the tally", 10.0)
+
             listeners = [Listener(room, texts[-1]) for room in rooms]
             moved_after: dict[str, float] = {}
+            killed_at = 0.0
+            mover_texts = [f"last words of {r.member.user_id}" for r in movers]
 
             async def kill_and_watch() -> None:
-                """SIGKILL edge A; note how soon each of its students is on
-                another edge, for up to 5 s."""
+                """Movers change their vote and chat; SIGKILL edge A at once;
+                note how soon each of its students is on another edge."""
+                nonlocal killed_at
+                for room, text in zip(movers, mover_texts, strict=True):
+                    changed = (votes[room.member.user_id] + 1) % 3
+                    votes[room.member.user_id] = changed
+                    await room.vote(poll_id, changed)
+                    await room.send_chat(text)
                 await asyncio.to_thread(fleet.kill, "edge-a")
                 killed_at = time.monotonic()
                 # The SDK signals no edge change: look every 20 ms.
@@ -270,15 +359,49 @@ async def test_edge_sigkill_moves_students_without_loss(
             # Edge B is full: the movers are all on edge C.
             assert all(room.edge_id == "edge-c" for room in movers)
 
-            await teacher.until(lambda e: e.get("data", {}).get("text") == texts[-1])
-            async with asyncio.timeout(10):
-                await asyncio.gather(*(lis.done.wait() for lis in listeners))
+            # The ghost leaves the total; the origin stops offering edge A.
+            async def ghost_gone() -> bool:
+                count = await latest(teacher, "presence.count")
+                return count is not None and count["data"]["count"] == everyone - 1
 
+            await waited(ghost_gone, "the dead edge's member leaves the total", 20)
+            gone_after = time.monotonic() - killed_at
+            assert gone_after <= DEAD_EDGE_GONE_S, f"left the total {gone_after:.1f} s"
+            minted = await admin.mint_token(class_id, "late", "Late")
+
+            async def not_offered() -> bool:
+                return "edge-a" not in await routed(fleet.origin_url, minted.token)
+
+            await waited(not_offered, "routing drops the dead edge", 20)
+            unrouted_after = time.monotonic() - killed_at
+            assert unrouted_after <= DEAD_EDGE_GONE_S, f"{unrouted_after:.1f} s"
+
+            # Every message, the movers' last words included, once each.
+            await teacher.until(lambda e: e.get("data", {}).get("text") == texts[-1])
+            for text in mover_texts:
+                await teacher.until(
+                    lambda e, t=text: e.get("data", {}).get("text") == t
+                )
+
+            async def all_heard() -> bool:
+                want = len(teacher.chat)
+                return all(len(lis.chat) >= want for lis in listeners)
+
+            await waited(all_heard, "every student has every message", 10)
             assert teacher.frame_errors == []
-            assert [text for _, text in teacher.chat] == texts
+            assert [t for _, t in teacher.chat if t.startswith("kill-")] == texts
+            said = [t for _, t in teacher.chat if not t.startswith("kill-")]
+            assert sorted(said) == sorted(mover_texts), said
             for lis in listeners:
                 assert lis.resets == 0, f"{lis.room.member.user_id}: state.reset"
                 assert_exactly_once(lis.room.member.user_id, lis.chat, teacher.chat)
+
+            # The final tally is every member's last vote, exactly.
+            await teacher.ws.send(
+                json.dumps({"type": "poll.close", "poll_id": poll_id})
+            )
+            closed = await teacher.until(lambda e: e["type"] == "poll.closed")
+            assert closed["data"]["counts"] == counts_of(votes, 3), votes
 
 
 # --- the origin restarts ----------------------------------------------------

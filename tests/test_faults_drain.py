@@ -21,11 +21,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import websockets
 from fleet import API_KEY
-from test_faults import Wire, assert_exactly_once, fleet_of, new_class
+from test_faults import Wire, assert_exactly_once, fleet_of, new_class, routed
 
 from liveclass.cli.edge_args import config_from_args
 from liveclass.cli.main import build_parser, main
@@ -34,7 +33,6 @@ from liveclass.sdk.admin import AdminClient
 from liveclass.sdk.client import Classroom
 from liveclass.sdk.events import ChatMessage, StateReset
 from liveclass.sdk.protocol import PROTOCOL_VERSION, CloseCode, Role
-from liveclass.sdk.route import fetch_route
 
 STUDENTS_PER_EDGE = 3
 CAPACITY = STUDENTS_PER_EDGE + 1
@@ -123,13 +121,6 @@ async def refusal(edge_url: str, token: str) -> tuple[int, str]:
             assert exc.rcvd is not None
             return exc.rcvd.code, exc.rcvd.reason
     pytest.fail(f"{edge_url} let a newcomer in: {frame!r}"[:300])
-
-
-async def routed(origin_url: str, token: str) -> list[str]:
-    """The edges the origin offers a member, best first."""
-    async with httpx.AsyncClient() as http:
-        route = await fetch_route(http, origin_url, token)
-    return [candidate.edge_id for candidate in route.candidates]
 
 
 async def until(

@@ -10,6 +10,11 @@ from liveclass.origin.contract import LogEvent
 RECENT_CHAT = 50
 """Chat messages a late joiner receives in its snapshot."""
 
+SEEN_IDS = 4096
+"""Ids of the latest chat messages kept to spot one sent again: a client
+sends again only what it sent within a reconnect (seconds), so this covers
+minutes of the busiest chat a member can keep up with."""
+
 
 class ChatState:
     """Chat settings, mutes and recent messages, as folded from the log."""
@@ -19,9 +24,19 @@ class ChatState:
         self.slow_mode_s = 0.0
         self.muted: set[str] = set()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CHAT)
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
 
-    def fold_message(self, entry: LogEvent) -> None:
-        """Remember a ``chat.message`` entry for late joiners."""
+    def fold_message(self, entry: LogEvent) -> bool:
+        """Remember a ``chat.message`` entry for late joiners; False if it
+        is one folded before (the same id: a member's message sent again
+        after its edge died), which nobody must see twice."""
+        if entry.id in self._seen:
+            return False
+        self._seen.add(entry.id)
+        self._seen_order.append(entry.id)
+        if len(self._seen_order) > SEEN_IDS:
+            self._seen.discard(self._seen_order.popleft())
         self.recent.append(
             {
                 "type": entry.type,
@@ -31,6 +46,7 @@ class ChatState:
                 "data": entry.data,
             }
         )
+        return True
 
     def fold_deleted(self, seq: int) -> bool:
         """Forget the message numbered ``seq``; whether it was among the recent."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from liveclass.edge_node.rules.chat import ChatState
 from liveclass.edge_node.rules.hands import HandQueue
-from liveclass.edge_node.rules.presence import Presence
+from liveclass.edge_node.rules.presence import Presence, source_of
 from liveclass.origin.contract import (
     INTERNAL_TYPES,
     PRESENCE_CHANGES,
@@ -21,12 +21,18 @@ from liveclass.origin.results.polls import Polls, closed_entry
 from liveclass.origin.results.quizzes import QuizResult, Quizzes
 from liveclass.sdk.protocol import Member
 
-EDGE_TIMEOUT_S = 30.0
-"""An edge that wrote nothing to a class log for this long (by the times on
-later entries) is taken to be gone, and its members with it. Edges with
-members write a ``presence.edge`` entry every few seconds to stay counted."""
+EDGE_TIMEOUT_S = 9.0
+"""An edge (or one process of it) that wrote nothing to a class log for this
+long, by the times on later entries, is taken to be gone, and its members
+with it. Edges with members write a ``presence.edge`` entry every
+:data:`~liveclass.edge_node.room.PRESENCE_HEARTBEAT_S` to stay counted, so a
+dead edge leaves the count within this plus one heartbeat and one sweep
+(about 13 s). Edges' clocks must agree to well within it (NTP); an edge
+dropped while alive (a skewed clock, or its entries held through a log
+outage while others' went in) says who it holds again, see
+:attr:`Folded.dropped`."""
 
-_SWEEP_EVERY_S = 5.0
+_SWEEP_EVERY_S = 1.0
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Folded:
     closing: tuple[str, str] | None = None
     """``("poll", id)`` or ``("quiz", id)``: this entry started closing it,
     and the edge appends what it holds for it, then its marker."""
+    dropped: tuple[str, ...] = ()
+    """Presence sources the sweep at this entry took to be gone."""
 
 
 class ClassState:
@@ -75,8 +83,9 @@ class ClassState:
         """Apply one log entry; entries must come in log order."""
         self.seq = max(self.seq, entry.seq)
         if entry.edge_id:
-            seen = self._edge_seen.get(entry.edge_id, 0.0)
-            self._edge_seen[entry.edge_id] = max(seen, entry.ts)
+            source = source_of(entry.edge_id, entry.data)
+            seen = self._edge_seen.get(source, 0.0)
+            self._edge_seen[source] = max(seen, entry.ts)
         if entry.type in INTERNAL_TYPES or entry.audience is Audience.EDGES:
             folded = self._fold_internal(entry)
         else:
@@ -86,21 +95,24 @@ class ClassState:
             folded = handler(self, entry, entry.data) if handler else Folded(entry)
         if entry.ts >= self._next_sweep:
             self._next_sweep = entry.ts + _SWEEP_EVERY_S
-            if self._sweep(entry.ts):
+            dropped = self._sweep(entry.ts)
+            if dropped:
                 folded.presence_changed = True
+                folded.dropped = dropped
         return folded
 
-    def _sweep(self, now: float) -> bool:
-        """Drop the members of edges silent since ``now - EDGE_TIMEOUT_S``.
+    def _sweep(self, now: float) -> tuple[str, ...]:
+        """Drop the members of sources silent since ``now - EDGE_TIMEOUT_S``.
 
         ``now`` is the time on the entry being folded, not a clock, so every
         edge drops the same members at the same entry.
         """
-        dropped = False
-        for edge_id in self.presence.edges:
-            if self._edge_seen.get(edge_id, 0.0) < now - EDGE_TIMEOUT_S:
-                dropped |= self.presence.drop_edge(edge_id)
-        return dropped
+        dropped = []
+        for source in self.presence.sources:
+            if self._edge_seen.get(source, 0.0) < now - EDGE_TIMEOUT_S:
+                if self.presence.drop_source(source):
+                    dropped.append(source)
+        return tuple(dropped)
 
     def _fold_internal(self, entry: LogEvent) -> Folded:
         if entry.type == "poll.votes":
@@ -127,15 +139,39 @@ class ClassState:
             self.quizzes.fold_answers(entry.data, entry.edge_id)
         elif entry.type == "presence.edge" and entry.data.get("reset"):
             # The edge (re)opened this class: members it counted before a
-            # restart are gone, and no member.left will come for them.
-            changed = self.presence.drop_edge(entry.edge_id)
+            # restart are gone, and no member.left will come for them. A
+            # roster, if any, is who it holds now (it was dropped while
+            # alive); a long one continues in entries without a reset.
+            source = source_of(entry.edge_id, entry.data)
+            changed = self.presence.drop_source(source)
+            changed |= self._fold_roster(source, entry.data.get("roster"))
+            return Folded(None, presence_changed=changed)
+        elif entry.type == "presence.edge" and entry.data.get("roster"):
+            source = source_of(entry.edge_id, entry.data)
+            changed = self._fold_roster(source, entry.data.get("roster"))
             return Folded(None, presence_changed=changed)
         return Folded(None)
+
+    def _fold_roster(self, source: str, roster: object) -> bool:
+        """Count each ``[user_id, name, role]`` of ``roster`` as one
+        connection through ``source``; malformed items are skipped."""
+        if not isinstance(roster, list):
+            return False
+        changed = False
+        for item in roster:
+            if not isinstance(item, list) or len(item) != 3:
+                continue
+            user_id, name, role = (str(x) for x in item)
+            if user_id not in self.removed:
+                self.presence.joined(source, user_id, name, role)
+                changed = True
+        return changed
 
     # --- one method per member-visible type ------------------------------
 
     def _chat_message(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
-        self.chat.fold_message(entry)
+        if not self.chat.fold_message(entry):
+            return Folded(None)
         return Folded(entry)
 
     def _chat_deleted(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
@@ -159,13 +195,16 @@ class ClassState:
             # being closed, so it never counts.
             return Folded(None)
         self.presence.joined(
-            entry.edge_id, user_id, str(data.get("name", "")), str(data.get("role"))
+            source_of(entry.edge_id, data),
+            user_id,
+            str(data.get("name", "")),
+            str(data.get("role")),
         )
         return Folded(entry, presence_changed=True)
 
     def _member_left(self, entry: LogEvent, data: dict[str, Any]) -> Folded:
         before = self.presence.count
-        self.presence.left(entry.edge_id, str(data.get("user_id")))
+        self.presence.left(source_of(entry.edge_id, data), str(data.get("user_id")))
         return Folded(entry, presence_changed=before != self.presence.count)
 
     def _presence_changes(self, entry: LogEvent, data: dict[str, Any]) -> Folded:

@@ -10,7 +10,7 @@ from typing import Any
 
 from liveclass.edge_node.rules.chat import RateLimiter, SlowMode
 from liveclass.edge_node.rules.state import ClassState
-from liveclass.origin.contract import Audience, LogEvent
+from liveclass.origin.contract import Audience, LogEvent, sent_event_id
 from liveclass.sdk import protocol as p
 from liveclass.sdk.protocol import MAX_CHAT_CHARS, ErrorCode, Event, Member, Role
 
@@ -115,7 +115,14 @@ class Validator:
                 )
             self.slow_mode.sent(m.user_id, now)
         data = {"text": text, "name": m.name, "role": m.role.value}
-        return [LogEvent(type="chat.message", data=data)]
+        if not msg.ref:
+            return [LogEvent(type="chat.message", data=data)]
+        # The ref goes back to the sender, which then knows the message is
+        # in the log; and it names the entry, so a copy sent again after a
+        # lost edge is folded as a duplicate, and stored once.
+        data["ref"] = msg.ref
+        entry_id = sent_event_id(state.class_id, m.user_id, msg.ref)
+        return [LogEvent(id=entry_id, type="chat.message", data=data)]
 
     def _chat_delete(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
         if msg.seq > state.seq:
