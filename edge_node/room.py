@@ -322,6 +322,35 @@ class ClassRoom:
         )
         await self._append(self.class_id, self._roster_entries())
 
+    def _writes_gone(self) -> bool:
+        """Whether this edge tells the origin of sources the sweep dropped:
+        of the edges with members, the one of the lowest id, so that one
+        entry is written, not one per edge."""
+        sources = self.state.presence.sources
+        return bool(self.connections) and self._source == min(
+            sources, default=self._source
+        )
+
+    def _gone_entries(self, dropped: Sequence[str]) -> list[LogEvent]:
+        entries = []
+        for source in dropped:
+            edge_id, _, worker = source.partition("/")
+            data = {
+                "edge_id": edge_id,
+                # Not "worker": that names the writer's own process.
+                "process": int(worker) if worker else None,
+                "last_seen": self.state.last_seen(source),
+            }
+            entries.append(
+                LogEvent(
+                    type="presence.gone",
+                    edge_id=self.edge_id,
+                    audience=Audience.EDGES,
+                    data=data,
+                )
+            )
+        return entries
+
     def _roster_entries(self) -> list[LogEvent]:
         """This edge's members, one item per connection, in
         ``presence.edge`` entries: the first resets what the log counted for
@@ -420,6 +449,8 @@ class ClassRoom:
                 await self._flush(*folded.closing)
             if self._source in folded.dropped and self.connections:
                 await self._say_roster()
+            elif folded.dropped and self._writes_gone():
+                await self._append(self.class_id, self._gone_entries(folded.dropped))
 
         if any(f.removed is not None or f.ended for f in results):
             # Those closed below must get the entry that closes them first.

@@ -117,7 +117,13 @@ INTERNAL_TYPES: dict[str, str] = {
     "quiz.flushed": "data.quiz_id: as poll.flushed, for answers",
     "quiz.finalize": "data.quiz_id: as poll.finalize, for a question",
     "quiz.answers": "data.quiz_id, data.answers: [[user_id, name, option, ts]]",
-    "presence.edge": "data.count: members on the sending edge, its heartbeat",
+    "presence.edge": "data.count: members on the sending edge, its heartbeat; "
+    "data.reset: forget what it counted before; data.roster: "
+    "[[user_id, name, role]], its connections (with reset, or continuing one); "
+    "data.worker: the process, on an edge that runs several",
+    "presence.gone": "data.edge_id, data.process (or null), data.last_seen: "
+    "readers of the log dropped this edge's members, silent since last_seen; "
+    "the origin closes their attendance then",
 }
 """Class-log entry types that edges exchange and members never see."""
 

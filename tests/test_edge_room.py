@@ -283,3 +283,38 @@ async def test_a_room_dropped_by_the_sweep_says_who_it_holds(
     ]
     await settle(room, log)
     assert room.state.presence.on_edge("edge-a") == 2
+
+
+async def test_the_lowest_edge_tells_of_a_silent_one(
+    room: ClassRoom, log: MemoryClassLog
+) -> None:
+    """Edge Z falls silent: edge A, the lowest live edge with members, writes
+    one ``presence.gone`` naming it and when it was last heard of."""
+    assert await room.join(FakeSink(ANN), None, 100) is None
+    now = time.time()
+    members = [
+        LogEvent(type="member.joined", edge_id=edge, ts=now, data=data)
+        for edge, data in (
+            ("edge-a", {"user_id": "ann", "name": "Ann", "role": "student"}),
+            ("edge-z", {"user_id": "zed", "name": "Zed", "role": "student"}),
+        )
+    ]
+    await log.append("c1", members)
+    beat = LogEvent(
+        type="presence.edge",
+        edge_id="edge-a",
+        ts=now + EDGE_TIMEOUT_S + 1,
+        audience=Audience.EDGES,
+    )
+    await log.append("c1", [beat])
+    for _ in range(200):
+        gone = [e for e in await log.read("c1", 0, 100) if e.type == "presence.gone"]
+        if gone:
+            break
+        await asyncio.sleep(0.01)
+    (entry,) = gone
+    assert entry.data == {"edge_id": "edge-z", "process": None, "last_seen": now}
+    await settle(room, log)
+    assert room.state.presence.members() == [
+        {"user_id": "ann", "name": "Ann", "role": "student"}
+    ]

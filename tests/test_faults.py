@@ -367,6 +367,14 @@ async def test_edge_sigkill_moves_students_without_loss(
             await waited(ghost_gone, "the dead edge's member leaves the total", 20)
             gone_after = time.monotonic() - killed_at
             assert gone_after <= DEAD_EDGE_GONE_S, f"left the total {gone_after:.1f} s"
+
+            # The origin closes the ghost's attendance when it was last heard.
+            async def ghost_left() -> bool:
+                report = await admin.report(class_id)
+                ghosts = [a for a in report.attendance if a["user_id"] == "ghost"]
+                return len(ghosts) == 1 and ghosts[0]["left_at"] is not None
+
+            await waited(ghost_left, "the ghost's attendance session closes", 10)
             minted = await admin.mint_token(class_id, "late", "Late")
 
             async def not_offered() -> bool:

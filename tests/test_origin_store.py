@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
@@ -207,6 +208,52 @@ async def test_a_late_leave_from_the_old_edge_keeps_the_new_session_open(
     assert report is not None
     sessions = [(a.user_id, a.left_at is None) for a in report.attendance]
     assert sessions == [("ada", False), ("bob", False), ("bob", True), ("ada", True)]
+
+
+async def test_a_dead_edges_sessions_end_when_it_was_last_heard_of(
+    store: Store, memory_log: MemoryClassLog, class_id: str
+) -> None:
+    """Edge A dies: its sessions end at its last entry's time, not edge B's.
+    Edge C was only taken for dead (its entries were held): its roster
+    closes what it had open and opens a session per connection again."""
+
+    def on(edge: str, entry: LogEvent, ts: float) -> LogEvent:
+        entry.edge_id, entry.ts = edge, ts
+        return entry
+
+    def edge_entry(edge: str, ts: float, **data: Any) -> LogEvent:
+        entry = LogEvent(type="presence.edge", audience=Audience.EDGES, data=data)
+        return on(edge, entry, ts)
+
+    gone = LogEvent(
+        type="presence.gone",
+        audience=Audience.EDGES,
+        data={"edge_id": "edge-a", "process": None, "last_seen": 103.0},
+    )
+    roster = [["cy", "Cy", "student"], ["cy", "Cy", "student"]]
+    entries = await memory_log.append(
+        class_id,
+        [
+            on("edge-a", joined("ada"), 100.0),
+            on("edge-b", joined("bob", "Bob"), 100.0),
+            on("edge-c", joined("cy", "Cy"), 101.0),
+            edge_entry("edge-a", 103.0, count=1),
+            on("edge-b", gone, 113.0),
+            edge_entry("edge-c", 114.0, count=2, reset=True, roster=roster),
+        ],
+    )
+    await store.persist(class_id, entries)
+    await store.persist(class_id, entries)  # a replay changes nothing
+    report = await store.report(class_id)
+    assert report is not None
+    sessions = [(a.user_id, a.joined_at, a.left_at) for a in report.attendance]
+    assert sessions == [
+        ("ada", 100.0, 103.0),
+        ("bob", 100.0, None),
+        ("cy", 101.0, 114.0),
+        ("cy", 114.0, None),
+        ("cy", 114.0, None),
+    ]
 
 
 async def test_class_end_closes_sessions(

@@ -101,6 +101,10 @@ class ClassState:
                 folded.dropped = dropped
         return folded
 
+    def last_seen(self, source: str) -> float:
+        """The time on the latest entry of ``source`` folded (0 if none)."""
+        return self._edge_seen.get(source, 0.0)
+
     def _sweep(self, now: float) -> tuple[str, ...]:
         """Drop the members of sources silent since ``now - EDGE_TIMEOUT_S``.
 

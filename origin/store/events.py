@@ -99,6 +99,61 @@ async def _presence_changes(conn: AsyncConnection, cls: str, event: LogEvent) ->
             await _member_left(conn, cls, change, opened_before=change.id)
 
 
+async def _close_sessions(
+    conn: AsyncConnection, cls: str, edge_id: str, seq: int, at: float
+) -> None:
+    """Close, at ``at``, every session still open on ``edge_id`` that an
+    entry before ``seq`` opened."""
+    sessions = schema.attendance
+    await conn.execute(
+        update(sessions)
+        .where(
+            and_(
+                sessions.c.class_id == cls,
+                sessions.c.edge_id == edge_id,
+                sessions.c.left_at.is_(None),
+                sessions.c.join_seq < seq,
+            )
+        )
+        .values(left_at=at)
+    )
+
+
+async def _presence_gone(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
+    # Edges took an edge for dead and dropped its members: its sessions end
+    # when it was last heard of. Sessions are kept per edge, not per
+    # process, so a process of a multi-process edge leaves its sessions to
+    # their member.left or the class end.
+    if event.data.get("process") is not None:
+        return
+    last_seen = _field(event, "last_seen", (int, float))
+    edge_id = _field(event, "edge_id", str)
+    await _close_sessions(conn, cls, edge_id, event.seq, last_seen)
+
+
+async def _presence_edge(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
+    # A reset: the edge (re)opened the class, so whoever it held before is
+    # gone (a restart), or it says again who it holds (a roster): their
+    # sessions before end here and the roster's begin, one per connection,
+    # under ids derived from the entry's, so a replay stores nothing twice.
+    if event.data.get("worker") is not None:
+        return  # per-process rosters: see _presence_gone
+    if event.data.get("reset"):
+        await _close_sessions(conn, cls, event.edge_id, event.seq, event.ts)
+    roster = event.data.get("roster")
+    if not isinstance(roster, list):
+        return
+    for i, item in enumerate(roster):
+        if not isinstance(item, list) or len(item) != 3:
+            continue
+        user_id, name, role = (str(x) for x in item)
+        data = {"user_id": user_id, "name": name, "role": role}
+        session = event.model_copy(
+            update={"id": f"{event.id}:{i:06d}", "type": "member.joined", "data": data}
+        )
+        await _member_joined(conn, cls, session)
+
+
 async def _chat_message(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
     statement = insert(conn, schema.chat_messages).values(
         class_id=cls,
@@ -231,6 +286,8 @@ HANDLERS: dict[str, Handler] = {
     "member.joined": _member_joined,
     "member.left": _member_left,
     PRESENCE_CHANGES: _presence_changes,
+    "presence.gone": _presence_gone,
+    "presence.edge": _presence_edge,
     "chat.message": _chat_message,
     "chat.deleted": _chat_deleted,
     "poll.opened": _poll_opened,
