@@ -6,7 +6,9 @@ the SDK and spread over the three edges; the teacher, on the edge that
 stays, chats every 100 ms throughout. The drained edges refuse newcomers
 while they drain, routing stops offering them, their students move to the
 third edge at once, every student gets every message exactly once, in log
-order, with no gap in the numbers, and presence adds up afterwards.
+order, with no gap in the numbers, and presence adds up afterwards. The
+students of each drained edge change their poll vote just before the drain;
+the final tally is every student's last vote.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import time
@@ -24,7 +27,15 @@ from urllib.parse import urlsplit
 import pytest
 import websockets
 from fleet import API_KEY
-from test_faults import Wire, assert_exactly_once, fleet_of, new_class, routed
+from test_faults import (
+    Wire,
+    assert_exactly_once,
+    counts_of,
+    fleet_of,
+    latest,
+    new_class,
+    routed,
+)
 
 from liveclass.cli.edge_args import config_from_args
 from liveclass.cli.main import build_parser, main
@@ -200,6 +211,37 @@ async def test_drained_edges_move_their_students_without_a_gap(
             )
             stack.push_async_callback(teacher.close)
             await teacher.until(lambda e: e["type"] == "welcome")
+
+            # A poll everyone votes in; each drained edge's students change
+            # their vote just before their edge is told to drain.
+            poll = {"type": "poll.open", "question": "?", "options": ["a", "b", "c"]}
+            await teacher.ws.send(json.dumps(poll))
+            opened = await teacher.until(lambda e: e["type"] == "poll.opened")
+            poll_id = opened["data"]["poll_id"]
+
+            async def all_see_it() -> bool:
+                return all(r.state.poll is not None for r in students)
+
+            await until(all_see_it, "every student sees the poll", 5.0)
+            votes: dict[str, int] = {}
+            for n, room in enumerate(students):
+                votes[room.member.user_id] = n % 3
+                await room.vote(poll_id, n % 3)
+
+            async def tallied() -> bool:
+                tally = await latest(teacher, "poll.tally")
+                return tally is not None and tally["data"]["counts"] == counts_of(
+                    votes, 3
+                )
+
+            await until(tallied, "every vote in the tally", 10.0)
+
+            async def change_votes(edge_id: str) -> None:
+                for room in on[edge_id]:
+                    changed = (votes[room.member.user_id] + 1) % 3
+                    votes[room.member.user_id] = changed
+                    await room.vote(poll_id, changed)
+
             collectors = [Collector(room) for room in students]
             newcomer = await token("newcomer")
             moved: dict[str, float] = {}
@@ -208,6 +250,7 @@ async def test_drained_edges_move_their_students_without_a_gap(
                 """Edge A by SIGTERM, then edge B by the admin API; each
                 time, check the refusals, the routing and the moves."""
                 edge_a = fleet.procs["edge-a"].popen
+                await change_votes("edge-a")
                 edge_a.send_signal(signal.SIGTERM)
                 watch = asyncio.create_task(moved_off(on["edge-a"], "edge-a"))
                 # The silent member holds the drain open for a while.
@@ -218,6 +261,7 @@ async def test_drained_edges_move_their_students_without_a_gap(
                 moved["edge-a"] = await watch
                 assert await asyncio.to_thread(edge_a.wait, 15) == 0
 
+                await change_votes("edge-b")
                 status = await admin.drain_edge("edge-b")
                 watch = asyncio.create_task(moved_off(on["edge-b"], "edge-b"))
                 assert status.drain_requested and not status.healthy
@@ -311,6 +355,13 @@ async def test_drained_edges_move_their_students_without_a_gap(
                     r for r in report.attendance if r["user_id"] == room.member.user_id
                 ]
                 assert len(sessions) == 2, sessions
+
+            # The final tally is every student's last vote, exactly.
+            await teacher.ws.send(
+                json.dumps({"type": "poll.close", "poll_id": poll_id})
+            )
+            closed = await teacher.until(lambda e: e["type"] == "poll.closed")
+            assert closed["data"]["counts"] == counts_of(votes, 3), votes
 
             # What the operators read.
             log_a, log_b = fleet.log_text("edge-a"), fleet.log_text("edge-b")
