@@ -140,6 +140,7 @@ class ClassRoom:
         self._finalize_at: dict[tuple[str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_at = 0.0
+        self._slow_closed: list[str] = []
         # Ids of this edge's chat entries shown as provisional, until the log
         # gives them back numbered.
         self._provisional: set[str] = set()
@@ -549,10 +550,9 @@ class ClassRoom:
 
     def _too_slow(self, sink: Sink) -> None:
         self._metrics.send_queue_drops += 1
-        logger.info(
-            "member too slow; closing",
-            extra=self._extra | {"user_id": sink.member.user_id},
-        )
+        # Readers that stop together are found full in the same pass: one
+        # line a tick says how many (a line each would hold up the pass).
+        self._slow_closed.append(sink.member.user_id)
         self.detach(sink)
         sink.close(CloseCode.TOO_SLOW, "too far behind; reconnect with last_seq")
 
@@ -572,6 +572,15 @@ class ClassRoom:
 
     async def tick(self, now: float) -> None:
         """Time-driven work: close expired polls and questions, send counts."""
+        if self._slow_closed:
+            closed, self._slow_closed = self._slow_closed, []
+            logger.info(
+                "closed %d members too far behind (%s%s); they may resume",
+                len(closed),
+                ", ".join(closed[:5]),
+                ", ..." if len(closed) > 5 else "",
+                extra=self._extra,
+            )
         poll = self.state.polls.open
         quiz = self.state.quizzes.open
         for item_id, deadline, type_, key in (

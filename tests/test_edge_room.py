@@ -128,6 +128,26 @@ async def test_slow_member_is_closed_and_others_go_on(
     assert room.connections == 1
 
 
+async def test_readers_that_stop_together_are_logged_in_one_line(
+    room: ClassRoom, log: MemoryClassLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = [
+        FakeSink(Member(user_id=f"s{n}", name="S", role=Role.STUDENT), room=1)
+        for n in range(7)
+    ]
+    for sink in slow:
+        assert await room.join(sink, None, 100) is None
+    with caplog.at_level("INFO", logger="liveclass.edge_node.room"):
+        await log.append("c1", [chat("one"), chat("two")])
+        await settle(room, log)
+        await room.tick(time.time())
+    assert all(s.closed and s.closed[0] == CloseCode.TOO_SLOW for s in slow)
+    lines = [r.getMessage() for r in caplog.records if "too far behind" in r.message]
+    assert lines == [
+        "closed 7 members too far behind (s0, s1, s2, s3, s4, ...); they may resume"
+    ]
+
+
 async def test_resume_from_memory_and_from_the_log(
     room: ClassRoom, log: MemoryClassLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
