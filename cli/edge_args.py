@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from liveclass.cli.flags import flag, port, repeated
+from liveclass.cli.flags import flag, port, positive, repeated
 
 
 def add_parser(commands: Any) -> None:
@@ -28,6 +28,15 @@ def add_parser(commands: Any) -> None:
     flag(p, "--capacity", env + "CAPACITY", 20_000, "members this edge takes", int)
     flag(p, "--class-limit", env + "CLASS_LIMIT", 50_000, "members per class", int)
     flag(p, "--redis-url", env + "REDIS_URL", None, "class log in Redis")
+    flag(
+        p,
+        "--log-retention",
+        env + "LOG_RETENTION",
+        None,
+        "class log entries kept per class (default 100000), the same as the "
+        "origin's; a member resuming from an older one gets a fresh snapshot",
+        positive,
+    )
     flag(p, "--data-dir", env + "DATA_DIR", "liveclass-data/edge", "media folder")
     flag(p, "--tls-cert", env + "TLS_CERT", None, "certificate for HTTPS/WSS")
     flag(p, "--tls-key", env + "TLS_KEY", None, "private key for HTTPS/WSS")
@@ -81,6 +90,7 @@ def add_parser(commands: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     """The edge's configuration from parsed flags."""
     from liveclass.edge_node.config import EdgeConfig
+    from liveclass.origin.classlog import DEFAULT_RETENTION
 
     return EdgeConfig(
         edge_id=args.edge_id,
@@ -95,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         capacity=args.capacity,
         class_limit=args.class_limit,
         log_url=args.redis_url,
+        log_retention=args.log_retention or DEFAULT_RETENTION,
         data_dir=Path(args.data_dir),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,

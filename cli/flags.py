@@ -47,6 +47,14 @@ def _dest(name: str) -> str:
     return name.lstrip("-").replace("-", "_")
 
 
+def positive(value: str) -> int:
+    """A whole number of 1 or more."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{value} is not a whole number of 1 or more")
+    return number
+
+
 def port(value: str) -> int:
     """A TCP port number, 0 (any free port) to 65535."""
     number = int(value)

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from liveclass.cli.flags import flag, port, repeated
+from liveclass.cli.flags import flag, port, positive, repeated
 
 log = logging.getLogger("liveclass.origin")
 
@@ -25,6 +25,15 @@ def add_parser(commands: Any) -> None:
     flag(p, "--edge-key", env + "EDGE_KEY", None, "key edges register with")
     flag(p, "--database-url", env + "DATABASE_URL", None, "SQLAlchemy URL")
     flag(p, "--redis-url", env + "REDIS_URL", None, "class log in Redis")
+    flag(
+        p,
+        "--log-retention",
+        env + "LOG_RETENTION",
+        None,
+        "class log entries kept per class (default 100000), the same as the "
+        "edges'; the origin cannot store what is trimmed before it does",
+        positive,
+    )
     flag(p, "--geoip-db", env + "GEOIP_DB", None, "MaxMind City database", Path)
     flag(
         p,
@@ -52,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "edge_key": args.edge_key,
         "database_url": args.database_url,
         "log_url": args.redis_url,
+        "log_retention": args.log_retention,
         "geoip_db": args.geoip_db,
         "key_file": args.key_file,
         "tls_cert": args.tls_cert,

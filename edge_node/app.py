@@ -51,7 +51,9 @@ def build_app(config: EdgeConfig, log: ClassLog | None = None) -> web.Applicatio
     event loop: the edge's HTTP client session is created here.
     """
     owns_log = log is None
-    class_log = log if log is not None else open_log(config.log_url)
+    class_log = (
+        log if log is not None else open_log(config.log_url, config.log_retention)
+    )
     metrics = Metrics()
     verifier = LeanTokenVerifier()
     batcher = Batcher(class_log, on_appended=metrics.appended)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liveclass.origin.classlog import DEFAULT_RETENTION
+
 
 @dataclass
 class EdgeConfig:
@@ -28,6 +30,9 @@ class EdgeConfig:
     capacity: int = 20_000
     class_limit: int = 50_000
     log_url: str | None = None
+    # Entries the class log keeps per class; this edge trims to it as it
+    # appends, so give every edge and the origin the same number.
+    log_retention: int = DEFAULT_RETENTION
     data_dir: Path = field(default_factory=lambda: Path("liveclass-data/edge"))
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -91,7 +91,7 @@ def build_app(
     """
     owns_log = log is None
     if log is None:
-        log = open_log(config.log_url)
+        log = open_log(config.log_url, config.log_retention)
     store = Store.open(config.database_url)
     origin = OriginState(
         config=config,

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from liveclass.origin.classlog.base import DEFAULT_RETENTION
+
 ENV_PREFIX = "LIVECLASS_ORIGIN_"
 
 _N = TypeVar("_N", int, float)
@@ -21,10 +23,12 @@ class OriginConfig:
     ``api_key`` guards the admin API and ``edge_key`` the edge registry; an
     empty key turns that part of the API off (every call gets 401) rather
     than leaving it open. ``log_url`` selects the class log: None for in
-    process, ``redis://...`` for Redis. ``trusted_proxies`` lists the CIDRs
-    whose ``X-Forwarded-For`` header is believed. ``key_file`` holds the RSA
-    signing key; it is generated and saved there when missing, and None keeps
-    a key in memory only (tokens die with the process).
+    process, ``redis://...`` for Redis; ``log_retention`` is how many of a
+    class's entries it keeps (give the edges the same). ``trusted_proxies``
+    lists the CIDRs whose ``X-Forwarded-For`` header is believed.
+    ``key_file`` holds the RSA signing key; it is generated and saved there
+    when missing, and None keeps a key in memory only (tokens die with the
+    process).
     """
 
     host: str = "127.0.0.1"
@@ -33,6 +37,7 @@ class OriginConfig:
     edge_key: str = ""
     database_url: str = "sqlite+aiosqlite:///liveclass-data/origin.db"
     log_url: str | None = None
+    log_retention: int = DEFAULT_RETENTION
     geoip_db: Path | None = None
     trusted_proxies: list[str] = field(default_factory=list)
     key_file: Path | None = field(
@@ -51,15 +56,20 @@ class OriginConfig:
                 raise ValueError(f"trusted proxy {cidr!r} is not a CIDR") from None
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
+        if self.log_retention < 1:
+            raise ValueError(
+                f"class log retention {self.log_retention}: give 1 or more"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OriginConfig:
         """Build a config from ``LIVECLASS_ORIGIN_*`` variables.
 
         ``HOST``, ``PORT``, ``API_KEY``, ``EDGE_KEY``, ``DATABASE_URL``,
-        ``LOG_URL``, ``GEOIP_DB``, ``TRUSTED_PROXIES`` (comma separated),
-        ``KEY_FILE``, ``TLS_CERT``, ``TLS_KEY``, ``EDGE_TIMEOUT_S``. Unset
-        variables keep the defaults. Raises ValueError on a malformed value.
+        ``LOG_URL``, ``LOG_RETENTION``, ``GEOIP_DB``, ``TRUSTED_PROXIES``
+        (comma separated), ``KEY_FILE``, ``TLS_CERT``, ``TLS_KEY``,
+        ``EDGE_TIMEOUT_S``. Unset variables keep the defaults. Raises
+        ValueError on a malformed value.
         """
         env = os.environ if environ is None else environ
 
@@ -79,6 +89,8 @@ class OriginConfig:
         if (value := get("DATABASE_URL")) is not None:
             config.database_url = value
         config.log_url = get("LOG_URL")
+        if (value := get("LOG_RETENTION")) is not None:
+            config.log_retention = _number(int, "LOG_RETENTION", value)
         if (value := get("GEOIP_DB")) is not None:
             config.geoip_db = Path(value)
         if (value := get("TRUSTED_PROXIES")) is not None:

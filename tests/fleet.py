@@ -89,6 +89,9 @@ class Fleet:
     redis_url: str
     database_url: str = ""
     """The origin's store; empty for a SQLite file in ``tmp_path``."""
+    log_retention: int | None = None
+    """Entries the class log keeps per class, given to the origin and every
+    edge; None for the default."""
     origin_port: int = field(default_factory=free_port)
     procs: dict[str, Proc] = field(default_factory=dict)
     edges: dict[str, str] = field(default_factory=dict)
@@ -114,8 +117,14 @@ class Fleet:
             self.database_url or f"sqlite+aiosqlite:///{self.tmp_path / 'origin.db'}",
             "--key-file",
             str(self.tmp_path / "key.pem"),
+            *self._retention_args(),
         ]
         self._start("origin", args, self.origin_url)
+
+    def _retention_args(self) -> list[str]:
+        if self.log_retention is None:
+            return []
+        return ["--log-retention", str(self.log_retention)]
 
     def start_edge(
         self,
@@ -146,6 +155,7 @@ class Fleet:
             self.redis_url,
             "--data-dir",
             str(self.tmp_path / edge_id),
+            *self._retention_args(),
         ]
         if capacity is not None:
             args += ["--capacity", str(capacity)]

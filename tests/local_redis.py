@@ -77,6 +77,11 @@ class LocalRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # A session of its own: should the shell that started pytest exit
+            # while the server is paused, the kernel would continue every
+            # stopped process of pytest's orphaned process group (SIGHUP,
+            # which Redis ignores, then SIGCONT), ending the outage early.
+            start_new_session=True,
         )
         client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + START_WAIT_S

@@ -74,6 +74,9 @@ class LocalCluster:
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
+                    # Out of pytest's process group, so that nothing but
+                    # resume() continues a paused node (see LocalRedis.start).
+                    start_new_session=True,
                 )
             )
         for port in self.ports:

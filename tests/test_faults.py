@@ -516,7 +516,8 @@ async def test_resume_older_than_retention_resets(
     """A member resumes, on another edge, after more entries than the log
     keeps: it gets a ``state.reset`` with a snapshot, never a silent gap.
 
-    In process: the CLI has no flag for the log's retention.
+    In process, with the edges' own objects at hand; test_faults_resume.py
+    does the same with processes (``--log-retention``).
     """
     class_id = f"test-{uuid.uuid4().hex[:12]}"
     log = MemoryClassLog(retention=RETENTION)

@@ -1,12 +1,12 @@
 """Redis goes away mid-class: paused for 30 s, then shut down and restarted.
 
 A Redis of the test's own (append-only file, ``appendfsync everysec``)
-holds the class log of a real ``liveclass origin`` and two ``liveclass
-edge`` processes; members use the SDK, on both edges. While Redis does not
-answer, they go on chatting, voting and raising hands. What must hold:
+holds the class log of a real ``liveclass origin`` and three ``liveclass
+edge`` processes; members use the SDK, three on each edge. While Redis does
+not answer, they go on chatting, voting and raising hands. What must hold:
 
 - each edge shows its own members their chat at once, marked provisional,
-  and nothing of it to the other edge's members;
+  and nothing of it to the other edges' members;
 - each edge's metrics show what it holds for the log;
 - once Redis answers, every member on every edge has every message exactly
   once, numbered in log order with no gap in the numbers (a provisional
@@ -68,9 +68,11 @@ SETTLE_S = 0.3
 may have been numbered before, or after."""
 RECOVER_S = 20.0
 """How long members may take to get everything once Redis answers."""
-EDGE_A_CAPACITY = 3
-"""The teacher and two students fill edge A; the other students go to B."""
-STUDENTS = 5
+EDGES = ("edge-a", "edge-b", "edge-c")
+EDGE_CAPACITY = 3
+"""Members an edge takes before the next opens: the teacher and two
+students fill edge A, the next three students edge B, the rest go to C."""
+STUDENTS = 8
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
@@ -169,7 +171,8 @@ class Outage:
 
 @dataclass
 class Lesson:
-    """A class in progress on two edges: who is where, and what they sent."""
+    """A class in progress on three edges: who is where, and what they
+    sent."""
 
     admin: AdminClient
     class_id: str
@@ -245,7 +248,8 @@ class Lesson:
 
 @contextlib.asynccontextmanager
 async def lesson(fleet: Fleet) -> AsyncIterator[Lesson]:
-    """A teacher and two students on edge A, three students on edge B."""
+    """A teacher and two students on edge A, three students on edge B and
+    three on edge C. Edges B and C start when the one before is full."""
     async with (
         AdminClient(fleet.origin_url, API_KEY) as admin,
         contextlib.AsyncExitStack() as stack,
@@ -260,12 +264,15 @@ async def lesson(fleet: Fleet) -> AsyncIterator[Lesson]:
         teacher = await join("tea", Role.TEACHER)
         students = []
         for n in range(STUDENTS):
-            if n == EDGE_A_CAPACITY - 1:
-                await asyncio.to_thread(fleet.start_edge, "edge-b", 48.85, 2.35)
+            if n == EDGE_CAPACITY - 1:
+                await asyncio.to_thread(
+                    fleet.start_edge, "edge-b", 48.85, 2.35, capacity=EDGE_CAPACITY
+                )
+            if n == 2 * EDGE_CAPACITY - 1:
+                await asyncio.to_thread(fleet.start_edge, "edge-c", 48.85, 2.35)
             students.append(await join(f"s{n}"))
-        assert [m.edge_id for m in (teacher, *students)] == ["edge-a"] * 3 + [
-            "edge-b"
-        ] * 3
+        on = [m.edge_id for m in (teacher, *students)]
+        assert on == [e for e in EDGES for _ in range(EDGE_CAPACITY)], on
         yield Lesson(admin, class_id, teacher, students)
 
 
@@ -298,7 +305,7 @@ async def metrics(http: httpx.AsyncClient, edge_url: str) -> dict[str, float]:
 async def watch_metrics(
     http: httpx.AsyncClient, fleet: Fleet, seen: dict[str, list[dict[str, float]]]
 ) -> None:
-    """Read both edges' metrics every half second until cancelled."""
+    """Read every edge's metrics every half second until cancelled."""
     while True:
         for edge_id, url in fleet.edges.items():
             seen.setdefault(edge_id, []).append(await metrics(http, url))
@@ -402,7 +409,8 @@ async def close_poll(now: Lesson, poll_id: str) -> None:
 
 
 def assert_held_in_metrics(seen: dict[str, list[dict[str, float]]]) -> None:
-    """Both edges showed a backlog and a held class during the outage."""
+    """Every edge showed a backlog and a held class during the outage."""
+    assert sorted(seen) == list(EDGES), sorted(seen)
     for edge_id, samples in seen.items():
         peak = max(s["liveclass_edge_log_backlog"] for s in samples)
         held = max(s["liveclass_edge_log_held_classes"] for s in samples)
@@ -410,7 +418,7 @@ def assert_held_in_metrics(seen: dict[str, list[dict[str, float]]]) -> None:
 
 
 async def drained(http: httpx.AsyncClient, fleet: Fleet, outage: Outage) -> str:
-    """Wait until both edges hold nothing; how long that took, for the
+    """Wait until every edge holds nothing; how long that took, for the
     report."""
     deadline = time.monotonic() + RECOVER_S
     while time.monotonic() < deadline:
@@ -430,7 +438,8 @@ def held_peaks(seen: dict[str, list[dict[str, float]]]) -> str:
 
 
 async def assert_nothing_held(http: httpx.AsyncClient, fleet: Fleet) -> None:
-    """Both edges hold nothing any more, and showed chat provisionally."""
+    """Every edge holds nothing any more, and showed chat provisionally."""
+    assert sorted(fleet.edges) == list(EDGES), sorted(fleet.edges)
     for edge_id, url in fleet.edges.items():
         after = await metrics(http, url)
         assert after["liveclass_edge_log_backlog"] == 0, edge_id
@@ -508,7 +517,7 @@ async def test_redis_paused_then_restarted_loses_and_doubles_nothing(
     ):
         await asyncio.to_thread(fleet.start_origin)
         await asyncio.to_thread(
-            fleet.start_edge, "edge-a", 48.85, 2.35, capacity=EDGE_A_CAPACITY
+            fleet.start_edge, "edge-a", 48.85, 2.35, capacity=EDGE_CAPACITY
         )
         async with lesson(fleet) as now:
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from liveclass.origin.classlog import DEFAULT_RETENTION
 from liveclass.origin.config import OriginConfig
 from liveclass.origin.keys import load_keyring, previous_path, save_keys
 from liveclass.origin.tokens import TokenVerifier
@@ -17,6 +18,7 @@ def test_defaults() -> None:
     assert config.port == 8800
     assert config.database_url == "sqlite+aiosqlite:///liveclass-data/origin.db"
     assert config.log_url is None
+    assert config.log_retention == DEFAULT_RETENTION
     assert config.edge_timeout_s == 10.0
 
 
@@ -29,6 +31,7 @@ def test_from_env() -> None:
             "LIVECLASS_ORIGIN_EDGE_KEY": "e",
             "LIVECLASS_ORIGIN_DATABASE_URL": "postgresql+asyncpg://db/x",
             "LIVECLASS_ORIGIN_LOG_URL": "redis://127.0.0.1:6379/0",
+            "LIVECLASS_ORIGIN_LOG_RETENTION": "5000",
             "LIVECLASS_ORIGIN_GEOIP_DB": "/data/city.mmdb",
             "LIVECLASS_ORIGIN_TRUSTED_PROXIES": "10.0.0.0/8, ::1/128",
             "LIVECLASS_ORIGIN_KEY_FILE": "/keys/origin.pem",
@@ -42,6 +45,7 @@ def test_from_env() -> None:
     assert config.geoip_db == Path("/data/city.mmdb")
     assert config.tls_key == Path("/tls/key.pem")
     assert config.edge_timeout_s == 2.5
+    assert config.log_retention == 5000
 
 
 @pytest.mark.parametrize(
@@ -49,6 +53,8 @@ def test_from_env() -> None:
     [
         ("PORT", "eighty"),
         ("EDGE_TIMEOUT_S", "soon"),
+        ("LOG_RETENTION", "lots"),
+        ("LOG_RETENTION", "0"),
         ("TRUSTED_PROXIES", "10.0.0.0/33"),
         ("TLS_CERT", "/only/cert.pem"),
     ],

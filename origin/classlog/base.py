@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from liveclass.origin.contract import LogEvent
 
 DEFAULT_RETENTION = 100_000
-"""Entries kept per class; older ones are trimmed and cannot be resumed."""
+"""Entries kept per class; older ones are trimmed and cannot be resumed.
+
+Every writer trims as it appends, so edges and origin sharing a log should
+be given the same retention (``--log-retention``). Redis trims in whole
+blocks of its stream (``stream-node-max-entries``, 100 by default), so it
+may keep that many more. A member that resumes from a trimmed number, on an
+edge that no longer remembers it either, gets a ``state.reset``; an origin
+whose database is away for longer than the retention covers loses what was
+trimmed before it was stored."""
 
 
 class ClassLogError(Exception):
