@@ -172,12 +172,18 @@ class Batcher:
         the edge stops first, logged as lost. Check :meth:`full` before
         accepting a member's message.
         """
+        first = not self._pending
         self._pending.setdefault(class_id, []).extend(events)
         if class_id in self._held:
             self._show(class_id, events)
-        if not self._urgent:
-            self._urgent = any(e.type not in _TICKED for e in events)
-        self._wake.set()
+        urgent = not self._urgent and any(e.type not in _TICKED for e in events)
+        if urgent:
+            self._urgent = True
+        # The flushing task waits for a first entry, then for the tick or an
+        # urgent one: waking it for each join of a storm would cost a task
+        # step each, to go back to waiting.
+        if first or urgent:
+            self._wake.set()
 
     def held(self, class_id: str) -> int:
         """Entries of ``class_id`` not appended yet (in flight included)."""

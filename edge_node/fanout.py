@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Protocol
 
 from liveclass.origin.contract import (
     PRESENCE_CHANGES,
     Audience,
     LogEvent,
-    presence_events,
+    presence_items,
 )
 from liveclass.sdk.protocol import Event, Member, Role
 
@@ -64,8 +65,26 @@ def entry_jsons(entry: LogEvent, staff: bool) -> list[str]:
     ``presence.changes`` entry, which is the ``member.joined`` and
     ``member.left`` events it holds, each with the entry's number."""
     if entry.type == PRESENCE_CHANGES:
-        return [event_json(change, staff) for change in presence_events(entry)]
+        return _presence_jsons(entry, staff)
     return [event_json(entry, staff)]
+
+
+def _presence_jsons(entry: LogEvent, staff: bool) -> list[str]:
+    # What event_json makes of each of presence_events(entry): a join
+    # storm's entries hold hundreds of changes, encoded here without making
+    # an entry of each, and with their shared number and time encoded once.
+    shared = f'"seq":{compact_json(entry.seq)},"ts":{compact_json(entry.ts)}'
+    out = []
+    for _, type_, data in presence_items(entry):
+        actor = _quote(data["user_id"])
+        hidden = _STAFF_FIELDS.get(type_)
+        if hidden and not staff:
+            data = {k: v for k, v in data.items() if k not in hidden}
+        out.append(
+            f'{{"type":{_quote(type_)},{shared},"actor":{actor},'
+            f'"data":{compact_json(data)}}}'
+        )
+    return out
 
 
 def view_json(event: Event) -> str:

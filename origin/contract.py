@@ -147,15 +147,12 @@ def presence_change(event: LogEvent) -> list[str]:
     return ["-", str(data.get("user_id")), "", ""]
 
 
-def presence_events(entry: LogEvent) -> list[LogEvent]:
-    """The ``member.joined`` and ``member.left`` entries a
-    :data:`PRESENCE_CHANGES` entry stands for, in order.
-
-    Each keeps the entry's number, time and edge, and gets an id of its own
-    derived from the entry's, the same for every reader: the origin stores
-    each change idempotently by it. The index is zero-padded so that ids of
-    one entry sort in their order. Malformed items are skipped.
-    """
+def presence_items(entry: LogEvent) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(index, type, data)`` of each ``member.joined`` and ``member.left``
+    a :data:`PRESENCE_CHANGES` entry holds, in order: what
+    :func:`presence_events` makes entries of, for readers that need no
+    entry per change. ``index`` is the item's place in the entry; malformed
+    items are skipped."""
     out = []
     # The process of a multi-process edge that wrote them, kept on each.
     worker = entry.data.get("worker")
@@ -171,17 +168,30 @@ def presence_events(entry: LogEvent) -> list[LogEvent]:
             data["role"] = str(item[3]) if len(item) > 3 and item[3] else "student"
         if worker is not None:
             data["worker"] = worker
-        out.append(
-            entry.model_copy(
-                update={
-                    "id": f"{entry.id}:{i:06d}",
-                    "type": type_,
-                    "actor": data["user_id"],
-                    "data": data,
-                }
-            )
-        )
+        out.append((i, type_, data))
     return out
+
+
+def presence_events(entry: LogEvent) -> list[LogEvent]:
+    """The ``member.joined`` and ``member.left`` entries a
+    :data:`PRESENCE_CHANGES` entry stands for, in order.
+
+    Each keeps the entry's number, time and edge, and gets an id of its own
+    derived from the entry's, the same for every reader: the origin stores
+    each change idempotently by it. The index is zero-padded so that ids of
+    one entry sort in their order. Malformed items are skipped.
+    """
+    return [
+        entry.model_copy(
+            update={
+                "id": f"{entry.id}:{i:06d}",
+                "type": type_,
+                "actor": data["user_id"],
+                "data": data,
+            }
+        )
+        for i, type_, data in presence_items(entry)
+    ]
 
 
 class EdgeLocation(BaseModel):

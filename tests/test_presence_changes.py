@@ -9,7 +9,13 @@ from pathlib import Path
 from sqlalchemy import select
 
 from liveclass.edge_node.batcher import merge_batches
-from liveclass.edge_node.fanout import Batch, member_frames, split_items
+from liveclass.edge_node.fanout import (
+    Batch,
+    entry_jsons,
+    event_json,
+    member_frames,
+    split_items,
+)
 from liveclass.edge_node.rules import ClassState
 from liveclass.edge_node.rules.presence import presence_entry
 from liveclass.origin.api.models import ClassInfo, ClassStatus
@@ -96,6 +102,31 @@ def test_staff_receive_the_member_events_at_the_entry_number() -> None:
     # A resuming staff member gets the same events from the log.
     [frame] = member_frames([changes], TEA, 6, 7)
     assert Frame.model_validate_json(frame).events == staff.events
+
+
+def test_changes_are_encoded_as_the_entries_they_stand_for() -> None:
+    # Staff get each change as its own entry would be encoded, malformed
+    # items skipped, the writing process kept, names escaped alike.
+    changes = LogEvent(
+        seq=9,
+        type=PRESENCE_CHANGES,
+        edge_id="edge-a",
+        audience=Audience.STAFF,
+        data={
+            "changes": [
+                ["+", "ann", 'Ann "Zoë"', "ta"],
+                ["-", "bob", "", ""],
+                ["+", "cid"],
+                ["?", "dan"],
+                "malformed",
+            ],
+            "worker": 1,
+        },
+    )
+    for staff in (True, False):
+        expected = [event_json(e, staff) for e in presence_events(changes)]
+        assert entry_jsons(changes, staff) == expected
+    assert len(entry_jsons(changes, True)) == 3
 
 
 def test_frames_are_not_split_between_events_of_one_entry() -> None:

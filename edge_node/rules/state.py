@@ -13,8 +13,7 @@ from liveclass.origin.contract import (
     PRESENCE_CHANGES,
     Audience,
     LogEvent,
-    presence_change,
-    presence_events,
+    presence_items,
 )
 from liveclass.origin.results import quiz_data
 from liveclass.origin.results.polls import Polls, closed_entry
@@ -216,14 +215,16 @@ class ClassState:
         # staff get those that took effect, as the entries they stand for.
         kept = []
         changed = False
-        for change in presence_events(entry):
-            if change.type == "member.joined":
-                folded = self._member_joined(change, change.data)
+        for _, type_, change in presence_items(entry):
+            if type_ == "member.joined":
+                folded = self._member_joined(entry, change)
+                item = ["+", change["user_id"], change["name"], change["role"]]
             else:
-                folded = self._member_left(change, change.data)
+                folded = self._member_left(entry, change)
+                item = ["-", change["user_id"], "", ""]
             changed |= folded.presence_changed
             if folded.deliver is not None:
-                kept.append(presence_change(change))
+                kept.append(item)
         if not kept:
             return Folded(None, presence_changed=changed)
         deliver = entry.model_copy(update={"data": {"changes": kept}})
