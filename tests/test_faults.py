@@ -238,8 +238,9 @@ async def waited(
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.postgres
 async def test_edge_sigkill_moves_students_without_loss(
-    tmp_path: Path, log_url: str
+    tmp_path: Path, log_url: str, postgres_url: str
 ) -> None:
     """Edge A dies (SIGKILL) while the teacher, on edge C, chats every
     100 ms and a poll is open. Just before, each of its students changed its
@@ -253,7 +254,7 @@ async def test_edge_sigkill_moves_students_without_loss(
     member's last vote, exactly.
     """
     texts = numbered("kill", 40)
-    async with fleet_of(tmp_path, log_url) as fleet:
+    async with fleet_of(tmp_path, log_url, postgres_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
         # The edges stand in one place: without GeoIP the origin ranks by
         # load and class affinity. Edge A is small, so the class spans all.
@@ -417,6 +418,7 @@ async def test_edge_sigkill_moves_students_without_loss(
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     "stop",
     [
@@ -428,13 +430,13 @@ async def test_edge_sigkill_moves_students_without_loss(
     ],
 )
 async def test_origin_restart_loses_no_chat(
-    tmp_path: Path, log_url: str, stop: str
+    tmp_path: Path, log_url: str, postgres_url: str, stop: str
 ) -> None:
     """The origin stops (crash or SIGTERM) and starts again with the same
     key and store while the teacher chats: the edges carry the chat through,
     and the restarted origin's report holds every message once, in order."""
     texts = numbered("restart", 40)
-    async with fleet_of(tmp_path, log_url) as fleet:
+    async with fleet_of(tmp_path, log_url, postgres_url) as fleet:
         await asyncio.to_thread(fleet.start_origin)
         for edge_id in ("edge-a", "edge-b", "edge-c"):
             await asyncio.to_thread(fleet.start_edge, edge_id, 48.85, 2.35)

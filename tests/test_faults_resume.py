@@ -67,10 +67,12 @@ def is_chat(text: str) -> Callable[[dict[str, object]], bool]:
 
 
 @contextlib.asynccontextmanager
-async def short_fleet(tmp_path: Path, log_url: str) -> AsyncIterator[Fleet]:
+async def short_fleet(
+    tmp_path: Path, log_url: str, database_url: str
+) -> AsyncIterator[Fleet]:
     """A fleet whose class logs keep :data:`RETENTION` entries; its
     processes are all stopped on the way out."""
-    fleet = Fleet(tmp_path, log_url, log_retention=RETENTION)
+    fleet = Fleet(tmp_path, log_url, database_url, log_retention=RETENTION)
     try:
         yield fleet
     finally:
@@ -121,13 +123,14 @@ async def assert_trimmed(log_url: str, class_id: str, after: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.postgres
 async def test_resume_past_retention_resets_across_processes(
-    tmp_path: Path, log_url: str
+    tmp_path: Path, log_url: str, postgres_url: str
 ) -> None:
     """See the module doc."""
     early, later = numbered("early", 3), numbered("later", LATER)
     async with (
-        short_fleet(tmp_path, log_url) as fleet,
+        short_fleet(tmp_path, log_url, postgres_url) as fleet,
         AdminClient(fleet.origin_url, API_KEY) as admin,
         contextlib.AsyncExitStack() as stack,
     ):
