@@ -236,6 +236,33 @@ async def waited(
     return time.monotonic() - start
 
 
+async def poll_everyone(
+    teacher: Wire, rooms: list[Classroom], votes: dict[str, int]
+) -> str:
+    """The teacher opens a poll of three options; each of ``rooms`` votes
+    (the n-th for option n mod 3, noted in ``votes``) once it sees the
+    poll; returns the poll's id once the teacher's tally counts ``votes``."""
+    poll = {"type": "poll.open", "question": "which?", "options": ["a", "b", "c"]}
+    await teacher.ws.send(json.dumps(poll))
+    opened = await teacher.until(lambda e: e["type"] == "poll.opened")
+    poll_id: str = opened["data"]["poll_id"]
+
+    async def all_see_it() -> bool:
+        return all(r.state.poll is not None for r in rooms)
+
+    await waited(all_see_it, "every student sees the poll", 5.0)
+    for n, room in enumerate(rooms):
+        votes[room.member.user_id] = n % 3
+        await room.vote(poll_id, n % 3)
+
+    async def tallied() -> bool:
+        tally = await latest(teacher, "poll.tally")
+        return tally is not None and tally["data"]["counts"] == counts_of(votes, 3)
+
+    await waited(tallied, "every vote in the tally", 10.0)
+    return poll_id
+
+
 @pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.postgres
@@ -297,32 +324,14 @@ async def test_edge_sigkill_moves_students_without_loss(
             await teacher.until(lambda e: e["type"] == "welcome")
             everyone = STUDENTS + 2  # the students, the ghost, the teacher
 
-            # Everyone votes; the teacher sees every vote in the tally.
-            options = ["a", "b", "c"]
-            poll = {"type": "poll.open", "question": "which?", "options": options}
-            await teacher.ws.send(json.dumps(poll))
-            opened = await teacher.until(lambda e: e["type"] == "poll.opened")
-            poll_id = opened["data"]["poll_id"]
-            await ghost.until(lambda e: e["type"] == "poll.opened")
-
-            async def all_see_it() -> bool:
-                return all(r.state.poll is not None for r in rooms)
-
-            await waited(all_see_it, "every student sees the poll", 5.0)
+            # Everyone votes (the ghost for option 2, once it sees the poll).
             votes: dict[str, int] = {"ghost": 2}
-            vote = {"type": "poll.vote", "poll_id": poll_id, "option": 2}
-            await ghost.ws.send(json.dumps(vote))
-            for n, room in enumerate(rooms):
-                votes[room.member.user_id] = n % 3
-                await room.vote(poll_id, n % 3)
-
-            async def tallied() -> bool:
-                tally = await latest(teacher, "poll.tally")
-                return tally is not None and tally["data"]["counts"] == counts_of(
-                    votes, 3
-                )
-
-            await waited(tallied, "every vote in the tally", 10.0)
+            opening = asyncio.create_task(poll_everyone(teacher, rooms, votes))
+            await ghost.until(lambda e: e["type"] == "poll.opened")
+            opened = await teacher.until(lambda e: e["type"] == "poll.opened")
+            vote = {"type": "poll.vote", "poll_id": opened["data"]["poll_id"]}
+            await ghost.ws.send(json.dumps(vote | {"option": 2}))
+            poll_id = await opening
 
             listeners = [Listener(room, texts[-1]) for room in rooms]
             moved_after: dict[str, float] = {}

@@ -32,8 +32,8 @@ from test_faults import (
     assert_exactly_once,
     counts_of,
     fleet_of,
-    latest,
     new_class,
+    poll_everyone,
     routed,
 )
 
@@ -214,27 +214,8 @@ async def test_drained_edges_move_their_students_without_a_gap(
 
             # A poll everyone votes in; each drained edge's students change
             # their vote just before their edge is told to drain.
-            poll = {"type": "poll.open", "question": "?", "options": ["a", "b", "c"]}
-            await teacher.ws.send(json.dumps(poll))
-            opened = await teacher.until(lambda e: e["type"] == "poll.opened")
-            poll_id = opened["data"]["poll_id"]
-
-            async def all_see_it() -> bool:
-                return all(r.state.poll is not None for r in students)
-
-            await until(all_see_it, "every student sees the poll", 5.0)
             votes: dict[str, int] = {}
-            for n, room in enumerate(students):
-                votes[room.member.user_id] = n % 3
-                await room.vote(poll_id, n % 3)
-
-            async def tallied() -> bool:
-                tally = await latest(teacher, "poll.tally")
-                return tally is not None and tally["data"]["counts"] == counts_of(
-                    votes, 3
-                )
-
-            await until(tallied, "every vote in the tally", 10.0)
+            poll_id = await poll_everyone(teacher, students, votes)
 
             async def change_votes(edge_id: str) -> None:
                 for room in on[edge_id]:

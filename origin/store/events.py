@@ -100,23 +100,19 @@ async def _presence_changes(conn: AsyncConnection, cls: str, event: LogEvent) ->
 
 
 async def _close_sessions(
-    conn: AsyncConnection, cls: str, edge_id: str, seq: int, at: float
+    conn: AsyncConnection, cls: str, edge_id: str | None, seq: int, at: float
 ) -> None:
-    """Close, at ``at``, every session still open on ``edge_id`` that an
-    entry before ``seq`` opened."""
+    """Close, at ``at``, every session still open on ``edge_id`` (on any
+    edge if None) that an entry before ``seq`` opened."""
     sessions = schema.attendance
-    await conn.execute(
-        update(sessions)
-        .where(
-            and_(
-                sessions.c.class_id == cls,
-                sessions.c.edge_id == edge_id,
-                sessions.c.left_at.is_(None),
-                sessions.c.join_seq < seq,
-            )
-        )
-        .values(left_at=at)
-    )
+    where = [
+        sessions.c.class_id == cls,
+        sessions.c.left_at.is_(None),
+        sessions.c.join_seq < seq,
+    ]
+    if edge_id is not None:
+        where.append(sessions.c.edge_id == edge_id)
+    await conn.execute(update(sessions).where(and_(*where)).values(left_at=at))
 
 
 async def _presence_gone(conn: AsyncConnection, cls: str, event: LogEvent) -> None:
@@ -266,18 +262,7 @@ async def _class_ended(conn: AsyncConnection, cls: str, event: LogEvent) -> None
     )
     # Edges close every connection at the end, but their member.left
     # entries may never reach the log; the end closes what is still open.
-    sessions = schema.attendance
-    await conn.execute(
-        update(sessions)
-        .where(
-            and_(
-                sessions.c.class_id == cls,
-                sessions.c.left_at.is_(None),
-                sessions.c.join_seq < event.seq,
-            )
-        )
-        .values(left_at=event.ts)
-    )
+    await _close_sessions(conn, cls, None, event.seq, event.ts)
 
 
 Handler = Callable[[AsyncConnection, str, LogEvent], Awaitable[None]]
