@@ -31,6 +31,7 @@ from liveclass.origin.tokens import TokenError, TokenExpired, TokenVerifier, Unk
 from liveclass.sdk.protocol import (
     CLIENT_MESSAGE,
     MAX_FRAME_BYTES,
+    MAX_REF_CHARS,
     PROTOCOL_VERSION,
     CloseCode,
     ErrorCode,
@@ -388,6 +389,10 @@ def parse(raw: str) -> tuple[Any, Any]:
     if not isinstance(obj, dict):
         return None, error_event(ErrorCode.MALFORMED, "a message is a JSON object")
     ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
+    if ref is not None and len(ref) > MAX_REF_CHARS:
+        # Echoed so that the sender knows what was refused; a ref too long
+        # to be valid comes back cut, not as a copy of the sender's bytes.
+        ref = ref[:MAX_REF_CHARS]
     type_ = obj.get("type")
     if type_ not in MESSAGE_TYPES:
         return None, error_event(

@@ -767,15 +767,25 @@ class ClassRoom:
         """Entries after ``last_seq`` up to the resume window, from the log.
 
         They come as stored: a poll or question closed in that range lacks
-        the counts and leaderboard the fold adds.
+        the counts and leaderboard the fold adds. Chat messages sent again
+        (see :func:`~liveclass.origin.contract.sent_event_id`) are left out
+        as the fold left them out: those it folded as copies, and a second
+        one of an id in the range.
         """
         out: list[LogEvent] = []
+        chat_ids: set[str] = set()
+        chat = self.state.chat
         after = last_seq
         while after < self._ring_floor:
             page = await self.log.read(self.class_id, after, READ_PAGE)
             if not page:
                 break
-            out += page
+            for entry in page:
+                if entry.type == "chat.message":
+                    if entry.id in chat_ids or chat.is_copy(entry.seq):
+                        continue
+                    chat_ids.add(entry.id)
+                out.append(entry)
             after = page[-1].seq
         return out
 

@@ -75,14 +75,17 @@ new_event_id = _EventIds()
 """A fresh :attr:`LogEvent.id`: 32 hex digits, unique across processes."""
 
 
-def sent_event_id(class_id: str, user_id: str, ref: str) -> str:
-    """The :attr:`LogEvent.id` of what member ``user_id`` sent with ``ref``.
+def sent_event_id(class_id: str, user_id: str, ref: str, text: str) -> str:
+    """The :attr:`LogEvent.id` of the message ``text`` that member
+    ``user_id`` sent with ``ref``.
 
     The SDK sends a message again, with the same ref, when the edge that took
     it may have died before it reached the log. Both copies get this id, so
-    edges fold the second as a duplicate and the origin stores it once.
+    edges fold the second as a duplicate and the origin stores it once. The
+    text is part of it: a client that reuses a ref for another message
+    loses nothing.
     """
-    key = f"{class_id}\0{user_id}\0{ref}".encode()
+    key = f"{class_id}\0{user_id}\0{ref}\0{text}".encode()
     return "r" + hashlib.blake2b(key, digest_size=15).hexdigest()
 
 

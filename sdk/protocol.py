@@ -32,6 +32,9 @@ PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024
 """The largest client message an edge accepts; larger ones close the socket."""
 
+MAX_REF_CHARS = 64
+"""The longest ``ref`` a client may give a message."""
+
 MAX_CHAT_CHARS = 500
 """The longest chat message, in characters."""
 
@@ -96,7 +99,7 @@ class ErrorCode(StrEnum):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ref: str | None = Field(default=None, max_length=64)
+    ref: str | None = Field(default=None, max_length=MAX_REF_CHARS)
 
 
 # --- client to edge -------------------------------------------------------

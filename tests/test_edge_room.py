@@ -170,6 +170,32 @@ async def test_resume_from_memory_and_from_the_log(
     assert texts == [f"m{i}" for i in range(2, 10)]
 
 
+async def test_a_message_sent_again_is_resumed_once(
+    room: ClassRoom, log: MemoryClassLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message in the log twice (its first edge died after appending it,
+    and the sender sent it again elsewhere) reaches a member resuming from
+    memory or from the log once, as it reached live members."""
+    again = chat("again")
+    await log.append("c1", [chat("m0"), again, chat("m1"), again, chat("m2")])
+    await settle(room, log)
+    live = [e for e in room._ring_after(0) if e.type == "chat.message"]
+    assert [e.data["text"] for e in live] == ["m0", "again", "m1", "m2"]
+    from_memory = FakeSink(ANN)
+    await room.join(from_memory, 0, 100)
+    assert [e["data"]["text"] for e in from_memory.events()] == [
+        e.data["text"] for e in live
+    ]
+    # Older than the window: from the log, where both copies are; whether
+    # the resume starts before the first copy or between the two.
+    monkeypatch.setattr(room, "_ring_floor", room.state.seq)
+    for last_seq in (0, live[0].seq, live[1].seq):
+        from_log = FakeSink(BOB)
+        await room.join(from_log, last_seq, 100)
+        texts = [e["data"]["text"] for e in from_log.events()]
+        assert texts == [e.data["text"] for e in live if e.seq > last_seq]
+
+
 async def test_resume_after_trimmed_history_resets() -> None:
     small = MemoryClassLog(retention=5)
 

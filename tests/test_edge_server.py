@@ -24,7 +24,13 @@ from liveclass.edge_node.node import DRAINING_REASON
 from liveclass.origin.classlog import ClassLog, MemoryClassLog
 from liveclass.origin.contract import LogEvent, presence_events
 from liveclass.origin.tokens import KeyRing
-from liveclass.sdk.protocol import MAX_FRAME_BYTES, CloseCode, Frame, Role
+from liveclass.sdk.protocol import (
+    MAX_FRAME_BYTES,
+    MAX_REF_CHARS,
+    CloseCode,
+    Frame,
+    Role,
+)
 
 TIMEOUT = 5.0
 
@@ -408,6 +414,11 @@ async def test_error_echoes_ref(pair: Any) -> None:
         "message": error.data["message"],
         "ref": "abc",
     }
+    # A ref too long to be valid is refused, and comes back cut.
+    await ann.send(type="chat.send", text="hi", ref="r" * 5000)
+    error = await ann.event("error")
+    assert error.data["code"] == "invalid" and "ref" in error.data["message"]
+    assert error.data["ref"] == "r" * MAX_REF_CHARS
 
 
 @pytest.mark.parametrize(

@@ -98,5 +98,12 @@ def test_a_chat_sent_twice_is_folded_once() -> None:
     # Another class, or another member, with the same ref: another id.
     other = Validator("edge-a").check(ClassState("c2"), ANN, message, now=100.0)
     assert other.entries[0].id != entries[0].id
+    # The same ref for another text (a client that reuses refs) is another
+    # message, not a copy.
+    reused = p.ChatSend(ref="r1", text="something else")
+    (other_text,) = Validator("edge-a").check(state, ANN, reused, now=101.0).entries
+    assert other_text.id != entries[0].id
+    folded = state.fold(other_text.model_copy(update={"seq": 3, "actor": "ann"}))
+    assert folded.deliver is not None
     plain = LogEvent(type="chat.message", data={"text": "x"})
-    assert state.fold(plain.model_copy(update={"seq": 3})).deliver is not None
+    assert state.fold(plain.model_copy(update={"seq": 4})).deliver is not None

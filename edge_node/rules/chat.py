@@ -26,12 +26,18 @@ class ChatState:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_CHAT)
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
+        self._copies: set[int] = set()
+        self._copies_order: deque[int] = deque()
 
     def fold_message(self, entry: LogEvent) -> bool:
         """Remember a ``chat.message`` entry for late joiners; False if it
         is one folded before (the same id: a member's message sent again
         after its edge died), which nobody must see twice."""
         if entry.id in self._seen:
+            self._copies.add(entry.seq)
+            self._copies_order.append(entry.seq)
+            if len(self._copies_order) > SEEN_IDS:
+                self._copies.discard(self._copies_order.popleft())
             return False
         self._seen.add(entry.id)
         self._seen_order.append(entry.id)
@@ -47,6 +53,11 @@ class ChatState:
             }
         )
         return True
+
+    def is_copy(self, seq: int) -> bool:
+        """Whether the message numbered ``seq`` was folded as a copy of an
+        earlier one (among the latest :data:`SEEN_IDS` copies)."""
+        return seq in self._copies
 
     def fold_deleted(self, seq: int) -> bool:
         """Forget the message numbered ``seq``; whether it was among the recent."""

@@ -121,7 +121,7 @@ class Validator:
         # in the log; and it names the entry, so a copy sent again after a
         # lost edge is folded as a duplicate, and stored once.
         data["ref"] = msg.ref
-        entry_id = sent_event_id(state.class_id, m.user_id, msg.ref)
+        entry_id = sent_event_id(state.class_id, m.user_id, msg.ref, text)
         return [LogEvent(id=entry_id, type="chat.message", data=data)]
 
     def _chat_delete(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
