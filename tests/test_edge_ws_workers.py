@@ -196,6 +196,10 @@ async def _members_talk(
             first = Frame.model_validate_json((await ws.receive(timeout=TIMEOUT)).data)
             assert first.events[0].type == "welcome"
             sockets.append(ws)
+            if i == 0:
+                # The teacher's join is in the log before the other worker
+                # (almost surely one of the next seven) opens the class.
+                await asyncio.sleep(1.5)
         await sockets[0].send_json({"type": "chat.send", "text": "to every worker"})
         for ws in sockets:
             while True:
@@ -205,6 +209,21 @@ async def _members_talk(
                 texts = [e.data.get("text") for e in frame.events]
                 if "to every worker" in texts:
                     break
+        # The class counts every worker's members: one worker opening the
+        # class (its reset) must not void those another worker counted.
+        teacher, listed = sockets[0], 0
+        for _ in range(50):
+            await teacher.send_json({"type": "presence.list"})
+            frame = Frame.model_validate_json(
+                (await teacher.receive(timeout=TIMEOUT)).data
+            )
+            lists = [e for e in frame.events if e.type == "presence.list"]
+            if lists:
+                listed = len(lists[-1].data["members"])
+                if listed == 8:
+                    break
+            await asyncio.sleep(0.1)
+        assert listed == 8
         # One registration, and heartbeats that count every worker's members.
         for _ in range(100):
             if origin.heartbeats and origin.heartbeats[-1]["members"] == 8:
