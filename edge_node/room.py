@@ -33,6 +33,7 @@ from liveclass.edge_node.rules.presence import source_of
 from liveclass.edge_node.rules.state import EDGE_TIMEOUT_S, Folded
 from liveclass.edge_node.rules.validate import (
     closing_entry,
+    ended_entry,
     finalize_entry,
     flushed_entry,
 )
@@ -141,6 +142,7 @@ class ClassRoom:
         self._task: asyncio.Task[None] | None = None
         self._heartbeat_at = 0.0
         self._slow_closed: list[str] = []
+        self._end_written = False
         # Ids of this edge's chat entries shown as provisional, until the log
         # gives them back numbered.
         self._provisional: set[str] = set()
@@ -618,6 +620,11 @@ class ClassRoom:
                 entry = finalize_entry(kind, item_id)
                 entry.edge_id, entry.ts = self.edge_id, now
                 await self._append(self.class_id, [entry])
+        if self.state.end_due and not self._end_written and self.connections:
+            # Every edge with members may write it; they are one entry to
+            # the origin (one id), and the fold takes the first.
+            self._end_written = True
+            await self._append(self.class_id, [ended_entry(self.class_id)])
         if self.connections and time.monotonic() >= self._heartbeat_at:
             self._heartbeat_at = time.monotonic() + PRESENCE_HEARTBEAT_S
             await self._append(self.class_id, [self._edge_entry()])

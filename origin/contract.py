@@ -124,6 +124,8 @@ INTERNAL_TYPES: dict[str, str] = {
     "data.reset: forget what it counted before; data.roster: "
     "[[user_id, name, role]], its connections (with reset, or continuing one); "
     "data.worker: the process, on an edge that runs several",
+    "class.ending": "the teacher ended the class while a poll or question "
+    "was open or closing: it ends (class.ended) once they are final",
     "presence.gone": "data.edge_id, data.process (or null), data.last_seen: "
     "readers of the log dropped this edge's members, silent since last_seen; "
     "the origin closes their attendance then",

@@ -671,7 +671,12 @@ class Classroom:
         return await self._send(self._build(p.PresenceList))
 
     async def end_class(self) -> str:
-        """Teacher: end the class for everyone."""
+        """Teacher: end the class for everyone.
+
+        A poll or question still open is closed first, with every vote and
+        answer the edges hold; ``class.ended`` follows once its results are
+        final (within a tick, or a couple of seconds if an edge is gone).
+        """
         return await self._send(self._build(p.ClassEnd))
 
 

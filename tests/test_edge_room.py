@@ -364,3 +364,37 @@ async def test_the_lowest_edge_tells_of_a_silent_one(
     assert room.state.presence.members() == [
         {"user_id": "ann", "name": "Ann", "role": "student"}
     ]
+
+
+async def test_an_ending_class_ends_once_its_polls_are_final(
+    room: ClassRoom, log: MemoryClassLog
+) -> None:
+    """The teacher ended the class with a poll open: the room writes
+    ``class.ended`` once the poll is final (here: its own flush, as the
+    only edge with members), and its members are closed."""
+    ann = FakeSink(ANN)
+    assert await room.join(ann, None, 100) is None
+    joined = {"user_id": "ann", "name": "Ann", "role": "student"}
+    opened = {"poll_id": "p1", "question": "?", "options": ["a", "b"]}
+    await log.append(
+        "c1",
+        [
+            LogEvent(type="member.joined", edge_id="edge-a", data=joined),
+            LogEvent(type="poll.opened", edge_id="edge-a", data=opened),
+        ],
+    )
+    await settle(room, log)
+    close = {"poll_id": "p1", "expected": ["edge-a"]}
+    closed = LogEvent(id="poll.closed:p1", type="poll.closed", data=close)
+    ending = LogEvent(type="class.ending", audience=Audience.EDGES)
+    await log.append("c1", [closed, ending])
+    for _ in range(300):
+        if ann.closed is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert ann.closed is not None and ann.closed[0] == CloseCode.CLASS_ENDED
+    types = [e.type for e in await log.read("c1", 0, 100)]
+    assert types.index("poll.flushed") < types.index("class.ended")
+    assert types.count("class.ended") == 1
+    events = [e["type"] for e in ann.events()]
+    assert events.index("poll.closed") < events.index("class.ended")

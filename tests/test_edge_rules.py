@@ -14,7 +14,7 @@ from liveclass.edge_node.rules.chat import RateLimiter
 from liveclass.edge_node.rules.hands import HandQueue
 from liveclass.edge_node.rules.presence import Presence, presence_entry
 from liveclass.edge_node.rules.state import EDGE_TIMEOUT_S
-from liveclass.edge_node.rules.validate import flushed_entry
+from liveclass.edge_node.rules.validate import ended_entry, flushed_entry
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.origin.results.quizzes import points
 from liveclass.sdk.protocol import CLIENT_MESSAGE, ErrorCode, Member, Role
@@ -116,9 +116,33 @@ def test_ending_the_class_closes_the_open_poll_with_its_votes(cls: Class) -> Non
     poll_id = opened.data["poll_id"]
     cls.send(ANN, type="poll.vote", poll_id=poll_id, option=1)
 
-    closed, ended = cls.send(TEACHER, type="class.end")
+    closed, ending = cls.send(TEACHER, type="class.end")
     assert (closed.type, closed.data["counts"]) == ("poll.closed", [0, 1])
-    assert ended.type == "class.ended"
+    assert ending is None and cls.state.end_due  # members see the end next
+    assert cls.send(TEACHER, type="poll.open", question="?", options=["a", "b"]) == [
+        "conflict"
+    ]
+    [ended] = cls.fold([ended_entry("c1")])
+    assert ended.type == "class.ended" and not cls.state.end_due
+
+
+def test_the_class_ends_once_every_edge_has_flushed_its_votes(cls: Class) -> None:
+    """A vote another edge holds when the teacher ends the class counts: the
+    class ends only once that edge's votes and marker are in."""
+    cls.join(ANN)
+    cls.join(BOB, "edge-b")
+    [opened] = cls.send(TEACHER, type="poll.open", question="Q?", options=["a", "b"])
+    poll_id = opened.data["poll_id"]
+    closed, ending = cls.send(TEACHER, type="class.end")
+    assert closed is None and ending is None
+    assert cls.state.ending and not cls.state.end_due
+    held = {"poll_id": poll_id, "votes": [["bob", 0, cls.now - 0.1]]}
+    votes = LogEvent(
+        type="poll.votes", edge_id="edge-b", audience=Audience.EDGES, data=held
+    )
+    [_, final] = cls.fold([votes, flushed_entry("poll", poll_id, "edge-b")])
+    assert final.type == "poll.closed" and final.data["counts"] == [1, 0]
+    assert cls.state.end_due
 
 
 def test_chat_too_long_and_blank(cls: Class) -> None:

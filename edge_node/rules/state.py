@@ -75,6 +75,7 @@ class ClassState:
         self.media: dict[str, Any] | None = None
         self.recording: dict[str, Any] | None = None
         self.ended = False
+        self.ending = False
         self._edge_seen: dict[str, float] = {}
         self._next_sweep = 0.0
 
@@ -99,6 +100,19 @@ class ClassState:
                 folded.presence_changed = True
                 folded.dropped = dropped
         return folded
+
+    @property
+    def end_due(self) -> bool:
+        """The teacher ended the class and every poll and question open
+        then is final: time for ``class.ended``."""
+        return (
+            self.ending
+            and not self.ended
+            and self.polls.open is None
+            and self.quizzes.open is None
+            and not self.polls.closing
+            and not self.quizzes.closing
+        )
 
     def last_seen(self, source: str) -> float:
         """The time on the latest entry of ``source`` folded (0 if none)."""
@@ -138,7 +152,9 @@ class ClassState:
                 return Folded(None)
             deliver = closed_entry(entry, quiz_data(quiz), "quiz.closed")
             return Folded(deliver, quiz_result=quiz)
-        if entry.type == "quiz.answers":
+        if entry.type == "class.ending":
+            self.ending = True
+        elif entry.type == "quiz.answers":
             self.quizzes.fold_answers(entry.data, entry.edge_id)
         elif entry.type == "presence.edge" and entry.data.get("reset"):
             # The edge (re)opened this class: members it counted before a

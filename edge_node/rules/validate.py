@@ -185,6 +185,8 @@ class Validator:
         # A poll accepted here reaches the state only when its entry comes
         # back from the log, a tick or two later: until then it is opening.
         opening = now - self._poll_opened_at < OPENING_S
+        if state.ending:
+            return error_event(ErrorCode.CONFLICT, "the class is ending", msg.ref)
         if state.polls.open is not None or opening:
             return error_event(ErrorCode.CONFLICT, "close the open poll first", msg.ref)
         self._poll_opened_at = now
@@ -219,6 +221,8 @@ class Validator:
     # --- quizzes ---------------------------------------------------------
 
     def _quiz_ask(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
+        if state.ending:
+            return error_event(ErrorCode.CONFLICT, "the class is ending", msg.ref)
         if state.quizzes.open is not None:
             return error_event(
                 ErrorCode.CONFLICT, "close the open question first", msg.ref
@@ -269,20 +273,28 @@ class Validator:
         return Outcome(reply=[view])
 
     def _class_end(self, state: ClassState, m: Member, msg: Any, now: float) -> Any:
-        # Close what is open first, so that its votes and answers count and
-        # every reader (members, the origin's report) gets the results. The
-        # poll is final at once (no edge is awaited): the end closes every
-        # member and the origin's reading, so a later result would reach
-        # no one; votes other edges still hold then are lost.
-        entries = [finalize_entry("poll", i) for i in state.polls.closing]
-        entries += [finalize_entry("quiz", i) for i in state.quizzes.closing]
+        # What is open is closed first, as any close: every edge appends the
+        # votes and answers it holds, so that they count and every reader
+        # (members, the origin's report) gets exact results. The class ends
+        # once they are final (see ClassState.end_due); ending at once
+        # would close every member and the origin's reading before then.
+        entries = []
+        expected = state.presence.edges
         if state.polls.open is not None:
             poll_id = state.polls.open.poll_id
-            entries.append(closing_entry("poll.closed", "poll_id", poll_id))
+            entries.append(closing_entry("poll.closed", "poll_id", poll_id, expected))
         if state.quizzes.open is not None:
             quiz_id = state.quizzes.open.quiz_id
-            entries.append(closing_entry("quiz.closed", "quiz_id", quiz_id))
-        return [*entries, LogEvent(type="class.ended")]
+            entries.append(closing_entry("quiz.closed", "quiz_id", quiz_id, expected))
+        if entries or state.polls.closing or state.quizzes.closing:
+            return [*entries, LogEvent(type="class.ending", audience=Audience.EDGES)]
+        return [ended_entry(state.class_id)]
+
+
+def ended_entry(class_id: str) -> LogEvent:
+    """The ``class.ended`` entry; its id is the same from every writer, so
+    the origin stores one of those that edges write at the same time."""
+    return LogEvent(id=f"class.ended:{class_id}", type="class.ended")
 
 
 def closing_entry(
