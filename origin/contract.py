@@ -152,6 +152,20 @@ def presence_change(event: LogEvent) -> list[str]:
     return ["-", str(data.get("user_id")), "", ""]
 
 
+def roster_items(entry: LogEvent) -> list[tuple[int, dict[str, str]]]:
+    """``(index, {user_id, name, role})`` of each connection in the
+    ``data.roster`` of a ``presence.edge`` entry (an edge saying who it
+    holds); none without one. Malformed items are skipped."""
+    roster = entry.data.get("roster")
+    if not isinstance(roster, list):
+        return []
+    return [
+        (i, dict(zip(("user_id", "name", "role"), map(str, item), strict=True)))
+        for i, item in enumerate(roster)
+        if isinstance(item, list) and len(item) == 3
+    ]
+
+
 def presence_items(entry: LogEvent) -> list[tuple[int, str, dict[str, Any]]]:
     """``(index, type, data)`` of each ``member.joined`` and ``member.left``
     a :data:`PRESENCE_CHANGES` entry holds, in order: what

@@ -117,9 +117,11 @@ class Wire:
 
 
 class Listener:
-    """Collects the chat an SDK classroom receives, as ``(seq, text)``."""
+    """Collects the chat an SDK classroom receives, as ``(seq, text)``, and
+    the ``state.reset`` events it gets; ``done`` is set once ``last_text``
+    (if given) has come."""
 
-    def __init__(self, room: Classroom, last_text: str) -> None:
+    def __init__(self, room: Classroom, last_text: str | None = None) -> None:
         self.room = room
         self.chat: list[tuple[int, str]] = []
         self.resets = 0

@@ -28,6 +28,7 @@ import pytest
 import websockets
 from fleet import API_KEY
 from test_faults import (
+    Listener,
     Wire,
     assert_exactly_once,
     counts_of,
@@ -42,7 +43,6 @@ from liveclass.cli.main import build_parser, main
 from liveclass.sdk import connect
 from liveclass.sdk.admin import AdminClient
 from liveclass.sdk.client import Classroom
-from liveclass.sdk.events import ChatMessage, StateReset
 from liveclass.sdk.protocol import PROTOCOL_VERSION, CloseCode, Role
 
 STUDENTS_PER_EDGE = 3
@@ -63,25 +63,6 @@ MOVE_WITHIN_S = 1.0
 HEARTBEAT_S = 2.0
 """The edges' heartbeat period: how late an edge may hear of a drain
 request."""
-
-
-class Collector:
-    """The chat an SDK classroom receives, as ``(seq, text)``, and the
-    ``state.reset`` events it gets (there must be none)."""
-
-    def __init__(self, room: Classroom) -> None:
-        self.room = room
-        self.chat: list[tuple[int, str]] = []
-        self.resets = 0
-        self.task = asyncio.create_task(self._listen(), name="collector")
-
-    async def _listen(self) -> None:
-        async for event in self.room.events():
-            if isinstance(event, StateReset):
-                self.resets += 1
-            elif isinstance(event, ChatMessage):
-                assert event.seq is not None
-                self.chat.append((event.seq, event.text))
 
 
 class Silent:
@@ -223,7 +204,7 @@ async def test_drained_edges_move_their_students_without_a_gap(
                     votes[room.member.user_id] = changed
                     await room.vote(poll_id, changed)
 
-            collectors = [Collector(room) for room in students]
+            collectors = [Listener(room) for room in students]
             newcomer = await token("newcomer")
             moved: dict[str, float] = {}
 

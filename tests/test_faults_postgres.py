@@ -24,6 +24,7 @@ import pytest
 from fleet import API_KEY, Fleet
 from local_postgres import LocalPostgres
 from test_faults import assert_exactly_once, fleet_of, new_class
+from watcher import Watcher
 
 from liveclass.origin.classlog.redis import RedisClassLog
 from liveclass.origin.reconcile import GROUP
@@ -53,29 +54,16 @@ IN_FLIGHT = 10
 """A backlog this small is what a live class has on its way at any time."""
 
 
-class Member:
+class Member(Watcher):
     """An SDK classroom and what it received: chat as ``(seq, text)``,
     closed polls as ``poll_id -> (counts, votes)``, refusals."""
 
     def __init__(self, room: Classroom) -> None:
-        self.room = room
         self.chat: list[tuple[int, str]] = []
         self.closed: dict[str, tuple[list[int], int]] = {}
         self.errors: list[ErrorEvent] = []
         self.resets = 0
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._listen(), name="member")
-
-    @property
-    def user_id(self) -> str:
-        """Who this member is."""
-        return self.room.member.user_id
-
-    async def _listen(self) -> None:
-        async for event in self.room.events():
-            self._keep(event)
-            self._changed.set()
-            self._changed = asyncio.Event()
+        super().__init__(room)
 
     def _keep(self, event: ClassEvent) -> None:
         if isinstance(event, ChatMessage):
@@ -87,16 +75,6 @@ class Member:
             self.errors.append(event)
         elif isinstance(event, StateReset):
             self.resets += 1
-
-    async def until(self, done: Callable[[], bool], wait_s: float = 10.0) -> None:
-        """Return once ``done()`` holds; TimeoutError after ``wait_s``.
-
-        ``done`` is checked again at each event this member receives, so it
-        must depend on what this member received, not on another member.
-        """
-        async with asyncio.timeout(wait_s):
-            while not done():
-                await self._changed.wait()
 
 
 @dataclass

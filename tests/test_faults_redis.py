@@ -34,6 +34,7 @@ from fleet import API_KEY, Fleet
 from local_redis import LocalRedis, RedisUnavailable
 from redis_cluster import LocalCluster
 from test_faults import fleet_of, new_class
+from watcher import Watcher
 
 from liveclass.edge_node.batcher import HOLD_AFTER_S
 from liveclass.origin.classlog.redis import RedisClassLog
@@ -98,11 +99,10 @@ def own_redis(
         server.destroy()
 
 
-class Member:
+class Member(Watcher):
     """An SDK classroom and what it received."""
 
     def __init__(self, room: Classroom) -> None:
-        self.room = room
         self.edge_id = room.edge_id
         self.shown: list[ChatMessage] = []
         """Every chat message delivered, provisional or numbered."""
@@ -113,19 +113,7 @@ class Member:
         self.closed: dict[str, list[int]] = {}
         self.errors: list[ErrorEvent] = []
         self.resets = 0
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._listen(), name="member")
-
-    @property
-    def user_id(self) -> str:
-        """Who this member is."""
-        return self.room.member.user_id
-
-    async def _listen(self) -> None:
-        async for event in self.room.events():
-            self._keep(event)
-            self._changed.set()
-            self._changed = asyncio.Event()
+        super().__init__(room)
 
     def _keep(self, event: ClassEvent) -> None:
         if isinstance(event, ChatMessage):
@@ -147,12 +135,10 @@ class Member:
         elif isinstance(event, StateReset):
             self.resets += 1
 
-    async def until(self, done: Callable[[], bool], wait_s: float) -> None:
+    async def until(self, done: Callable[[], bool], wait_s: float = 10.0) -> None:
         """Return once ``done()`` holds; fail after ``wait_s``."""
         try:
-            async with asyncio.timeout(wait_s):
-                while not done():
-                    await self._changed.wait()
+            await super().until(done, wait_s)
         except TimeoutError:
             pytest.fail(f"{self.user_id} on {self.edge_id}: not within {wait_s} s")
 

@@ -17,7 +17,7 @@ from liveclass.edge_node.rules.validate import (
     finalize_entry,
     flushed_entry,
 )
-from liveclass.origin.api.models import ClassInfo, ClassStatus
+from liveclass.origin.api.models import ClassInfo, ClassReport, ClassStatus
 from liveclass.origin.classlog import MemoryClassLog
 from liveclass.origin.contract import Audience, LogEvent
 from liveclass.origin.reconcile import Reconciler
@@ -64,8 +64,8 @@ def results(delivered: list[LogEvent | None]) -> list[dict[str, Any]]:
     return [d.data for d in delivered if d is not None and d.type == "poll.closed"]
 
 
-async def stored(tmp_path: Path, entries: Sequence[LogEvent]) -> dict[str, Any]:
-    """The poll as the origin stores it after reconciling ``entries``."""
+async def reconciled(tmp_path: Path, entries: Sequence[LogEvent]) -> ClassReport:
+    """The report the origin stores after reconciling ``entries``."""
     store = Store.open(f"sqlite+aiosqlite:///{tmp_path}/origin.db")
     log = MemoryClassLog()
     try:
@@ -82,11 +82,16 @@ async def stored(tmp_path: Path, entries: Sequence[LogEvent]) -> dict[str, Any]:
         await Reconciler(store, log, "c1").drain()
         report = await store.report("c1")
         assert report is not None
-        [poll] = report.polls
-        return {"counts": poll.counts, "votes": poll.votes}
+        return report
     finally:
         await log.close()
         await store.close()
+
+
+async def stored(tmp_path: Path, entries: Sequence[LogEvent]) -> dict[str, Any]:
+    """The poll as the origin stores it after reconciling ``entries``."""
+    [poll] = (await reconciled(tmp_path, entries)).polls
+    return {"counts": poll.counts, "votes": poll.votes}
 
 
 async def test_a_vote_held_on_a_second_edge_during_the_close_still_counts(
@@ -252,27 +257,8 @@ async def test_a_question_closes_in_two_steps_too(tmp_path: Path) -> None:
     board = final.deliver.data["leaderboard"]
     assert [row["user_id"] for row in board] == ["ann", "bob"]
 
-    store = Store.open(f"sqlite+aiosqlite:///{tmp_path}/origin.db")
-    memory = MemoryClassLog()
-    try:
-        await store.migrate()
-        info = ClassInfo(
-            id="c1",
-            title="Physics",
-            status=ClassStatus.LIVE,
-            max_members=100,
-            created_at=1.0,
-        )
-        await store.create_class(info)
-        await memory.append("c1", log)
-        await Reconciler(store, memory, "c1").drain()
-        report = await store.report("c1")
-        assert report is not None
-        [quiz] = report.quizzes
-        assert quiz.leaderboard == board
-    finally:
-        await memory.close()
-        await store.close()
+    [quiz] = (await reconciled(tmp_path, log)).quizzes
+    assert quiz.leaderboard == board
 
 
 def test_an_edge_of_several_processes_is_flushed_once_each_marker_is_in() -> None:

@@ -14,6 +14,7 @@ from liveclass.origin.contract import (
     Audience,
     LogEvent,
     presence_items,
+    roster_items,
 )
 from liveclass.origin.results import quiz_data
 from liveclass.origin.results.polls import Polls, closed_entry
@@ -156,35 +157,21 @@ class ClassState:
             self.ending = True
         elif entry.type == "quiz.answers":
             self.quizzes.fold_answers(entry.data, entry.edge_id)
-        elif entry.type == "presence.edge" and entry.data.get("reset"):
-            # The edge (re)opened this class: members it counted before a
-            # restart are gone, and no member.left will come for them. A
-            # roster, if any, is who it holds now (it was dropped while
-            # alive); a long one continues in entries without a reset.
+        elif entry.type == "presence.edge":
+            # A reset: the edge (re)opened this class, so members it counted
+            # before a restart are gone, and no member.left will come for
+            # them. A roster, if any, is who it holds now (it was dropped
+            # while alive); a long one continues in entries without a reset.
             source = source_of(entry.edge_id, entry.data)
-            changed = self.presence.drop_source(source)
-            changed |= self._fold_roster(source, entry.data.get("roster"))
-            return Folded(None, presence_changed=changed)
-        elif entry.type == "presence.edge" and entry.data.get("roster"):
-            source = source_of(entry.edge_id, entry.data)
-            changed = self._fold_roster(source, entry.data.get("roster"))
+            changed = bool(entry.data.get("reset")) and self.presence.drop_source(
+                source
+            )
+            for _, who in roster_items(entry):
+                if who["user_id"] not in self.removed:
+                    self.presence.joined(source, **who)
+                    changed = True
             return Folded(None, presence_changed=changed)
         return Folded(None)
-
-    def _fold_roster(self, source: str, roster: object) -> bool:
-        """Count each ``[user_id, name, role]`` of ``roster`` as one
-        connection through ``source``; malformed items are skipped."""
-        if not isinstance(roster, list):
-            return False
-        changed = False
-        for item in roster:
-            if not isinstance(item, list) or len(item) != 3:
-                continue
-            user_id, name, role = (str(x) for x in item)
-            if user_id not in self.removed:
-                self.presence.joined(source, user_id, name, role)
-                changed = True
-        return changed
 
     # --- one method per member-visible type ------------------------------
 

@@ -15,7 +15,12 @@ from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from liveclass.origin.contract import PRESENCE_CHANGES, LogEvent, presence_events
+from liveclass.origin.contract import (
+    PRESENCE_CHANGES,
+    LogEvent,
+    presence_events,
+    roster_items,
+)
 from liveclass.origin.store import schema
 
 logger = logging.getLogger(__name__)
@@ -136,14 +141,7 @@ async def _presence_edge(conn: AsyncConnection, cls: str, event: LogEvent) -> No
         return  # per-process rosters: see _presence_gone
     if event.data.get("reset"):
         await _close_sessions(conn, cls, event.edge_id, event.seq, event.ts)
-    roster = event.data.get("roster")
-    if not isinstance(roster, list):
-        return
-    for i, item in enumerate(roster):
-        if not isinstance(item, list) or len(item) != 3:
-            continue
-        user_id, name, role = (str(x) for x in item)
-        data = {"user_id": user_id, "name": name, "role": role}
+    for i, data in roster_items(event):
         session = event.model_copy(
             update={"id": f"{event.id}:{i:06d}", "type": "member.joined", "data": data}
         )
