@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"bcast: one publisher, {args.rate:g} msg/s to all, {args.seconds:g} s; "
         f"chat: {args.chat_rate:g} msg/s from {args.chat_senders} clients;\n"
         f"slow: bcast for {slow_s:g} s while 5% stop reading (p99 of the others); "
-        "p50/p99: send to receipt, ms;\nlost: not received within max(5 s, "
+        "p50/p99: send to arrival in the client's socket (kernel receive time), "
+        "ms;\nlost: not received within max(5 s, "
         "phase length) after the last send; KB/conn: RSS growth / clients"
     )
     print(table(results, legend))

@@ -287,6 +287,7 @@ class Generator:
         Client.stats = Stats()
 
         lat = sorted(stats.latencies_ns)
+        read = sorted(stats.read_latencies_ns)
         out: dict[str, Any] = {
             "sent": total,
             "senders": len(senders),
@@ -297,6 +298,8 @@ class Generator:
             "delivered_per_s": round(stats.delivered / (last_change - t0), 1),
             "p50_ms": percentile_ms(lat, 0.50),
             "p99_ms": percentile_ms(lat, 0.99),
+            "read_p50_ms": percentile_ms(read, 0.50),
+            "read_p99_ms": percentile_ms(read, 0.99),
             "latency_samples": len(lat),
             "closed_during": sum(1 for c in receivers if c.closed),
             "server_rss_peak_kb": rss_peak,

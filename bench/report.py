@@ -115,4 +115,16 @@ def table(
             if phase in result
         )
         out.append(f"  {server}: closed {slow_codes(result)}; generator {gen}")
+
+    out += ["", "p50/p99 ms to the moment the generator read it (its own pass over"]
+    out += ["every socket included):"]
+    for server, result in results.items():
+        read = ", ".join(
+            f"{phase} {result[phase].get('read_p50_ms')}/"
+            f"{result[phase].get('read_p99_ms')}"
+            for phase in ("broadcast", "chat", "slow")
+            if phase in result
+        )
+        if read:
+            out.append(f"  {server}: {read}")
     return "\n".join(out)

@@ -19,6 +19,7 @@ import socket
 import struct
 import time
 from enum import IntEnum
+from typing import cast
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 6455 section 4.1: the key is 16 random bytes, base64-encoded. One key
@@ -87,6 +88,7 @@ class Stats:
         "latencies_ns",
         "letter",
         "phase",
+        "read_latencies_ns",
         "refused",
         "tag",
     )
@@ -98,7 +100,11 @@ class Stats:
         self.delivered = 0
         self.gaps = 0
         self.refused = 0
+        # Send to arrival in the client's socket (the kernel's receive time),
+        # and send to the moment this process read it: the second adds the
+        # generator's own pass over thousands of sockets.
         self.latencies_ns: list[int] = []
+        self.read_latencies_ns: list[int] = []
 
 
 class Client(asyncio.Protocol):
@@ -141,6 +147,9 @@ class Client(asyncio.Protocol):
         # Counted apart from the phase's receivers (slow readers), or not at
         # all (the publisher): a Stats whose phase letter never matches.
         self.own_stats: Stats | None = None
+        # The kernel's receive time of the data handed to data_received, for
+        # clients read through a StampedTransport; None otherwise.
+        self.rx_ns: int | None = None
         self._buf = bytearray()
         self._close_sent = False
         # True once the server accepted the client, False if it closed
@@ -153,9 +162,9 @@ class Client(asyncio.Protocol):
         """Send the opening handshake (RFC 6455 section 4.1)."""
         # uvloop's transports are not asyncio.Transport subclasses, but
         # have the same methods.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.state = State.UPGRADING
-        transport.write(
+        self.transport.write(
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n"
@@ -272,11 +281,13 @@ class Client(asyncio.Protocol):
             stats.refused += buf.count(b"rate_limited", 0, end)
         if self.sampled:
             now = time.time_ns()
+            arrived = self.rx_ns or now
             letter = stats.letter
             for p, _number, sent in MARKER.findall(buf, 0, end):
                 if p == letter:
                     stats.delivered += 1
-                    stats.latencies_ns.append(now - int(sent))
+                    stats.latencies_ns.append(arrived - int(sent))
+                    stats.read_latencies_ns.append(now - int(sent))
         else:
             stats.delivered += buf.count(stats.tag, 0, end)
 
@@ -363,6 +374,125 @@ class Client(asyncio.Protocol):
             self.settled.set_result(joined)
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux: hand each read the kernel's receive time (``struct timespec``)."""
+
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+class StampedTransport:
+    """The few transport methods :class:`Client` uses, over a raw socket read
+    with ``recvmsg`` so that each read comes with the kernel's receive time.
+
+    Sampled clients use it: their latency is measured to the moment the data
+    reached their socket, as it would reach a student's device, not to the
+    moment this one process got round to reading it among thousands. When one
+    read holds data from several sends, the time is that of the last one, so
+    the earlier frames' latencies are overstated, never understated.
+    """
+
+    def __init__(self, client: Client, sock: socket.socket) -> None:
+        self._client = client
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._closing = False
+        self._reading = True
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _flags, _addr = self._sock.recvmsg(65536, _STAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if not data:
+            self._lost(None)
+            return
+        stamp = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", value[:16])
+                stamp = sec * 1_000_000_000 + nsec
+        self._client.rx_ns = stamp
+        self._client.data_received(data)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``; what the socket cannot take now goes when it can."""
+        if self._closing:
+            return
+        if not self._out:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._loop.add_writer(self._sock.fileno(), self._writable)
+        self._out += data
+
+    def _writable(self) -> None:
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._out[:sent]
+        if not self._out:
+            self._loop.remove_writer(self._sock.fileno())
+
+    def is_closing(self) -> bool:
+        """Whether close or abort was called, or the connection is gone."""
+        return self._closing
+
+    def pause_reading(self) -> None:
+        """Stop reading (the socket's buffer fills, the sender is pushed back)."""
+        if self._reading and not self._closing:
+            self._reading = False
+            self._loop.remove_reader(self._sock.fileno())
+
+    def resume_reading(self) -> None:
+        """Read again."""
+        if not self._reading and not self._closing:
+            self._reading = True
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """The socket, as asyncio transports give it."""
+        return self._sock if name == "socket" else default
+
+    def close(self) -> None:
+        """Close the socket (what is queued to send is dropped)."""
+        self._lost(None)
+
+    def abort(self) -> None:
+        """Close with a reset: no TIME_WAIT left behind."""
+        if not self._closing:
+            self._sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        self._lost(None)
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        fd = self._sock.fileno()
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        self._sock.close()
+        self._client.connection_lost(exc)
+
+
 async def connect(
     client: Client,
     host: str,
@@ -381,17 +511,15 @@ async def connect(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
-            if rcvbuf is None:
+            if client.sampled:
+                sock = await _raw_connect(host, port, rcvbuf)
+                # The same methods as a transport's, duck-typed like uvloop's.
+                stamped = StampedTransport(client, sock)
+                client.connection_made(cast(asyncio.BaseTransport, stamped))
+            elif rcvbuf is None:
                 await loop.create_connection(lambda: client, host, port)
             else:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-                sock.setblocking(False)
-                try:
-                    await loop.sock_connect(sock, (host, port))
-                except BaseException:
-                    sock.close()
-                    raise
+                sock = await _raw_connect(host, port, rcvbuf)
                 await loop.create_connection(lambda: client, sock=sock)
             if not await client.settled:
                 return f"closed {client.close_code or client.connect_error}"
@@ -399,3 +527,19 @@ async def connect(
         client.abort()
         return type(exc).__name__
     return None
+
+
+async def _raw_connect(host: str, port: int, rcvbuf: int | None) -> socket.socket:
+    """A connected non-blocking socket, with a small receive buffer if asked
+    (set before connecting, so the window advertised matches it at once)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

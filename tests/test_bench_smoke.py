@@ -55,6 +55,11 @@ def test_quick_run_against_bare_asyncio_and_the_edge(tmp_path: Path) -> None:
         for phase in ("broadcast", "chat"):
             assert result[phase]["delivered_per_s"] > 0, (name, result[phase])
             assert result[phase]["lost"] == 0, (name, result[phase])
+            # Sampled clients read the kernel's receive time: never after the
+            # generator read the data, and never before it was sent.
+            measured = result[phase]
+            assert 0 < measured["p50_ms"] <= measured["read_p50_ms"], measured
+            assert measured["p99_ms"] <= measured["read_p99_ms"], measured
     assert results["edge"]["broadcast"]["seq_gaps"] == 0
     assert results["edge"]["chat"]["refused_rate_limited"] == 0
 
