@@ -135,7 +135,7 @@ def run_one(
     try:
         cores = {args.server_core}
         edge_args = list(args.edge_arg)
-        if name == "edge" and args.edge_workers > 1:
+        if name.startswith("edge") and args.edge_workers > 1:
             cores = set(os.sched_getaffinity(0)) | {args.server_core}
             edge_args += [
                 f"--workers={args.edge_workers}",
@@ -161,6 +161,7 @@ def run_one(
             chat_rate=args.chat_rate,
             chat_senders=args.chat_senders,
             join_window=args.join_window,
+            cafile=running.cafile,
         )
         # The config holds join tokens: a private temporary file, removed after.
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
@@ -248,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         f"slow: bcast for {slow_s:g} s while 5% stop reading (p99 of the others); "
         "p50/p99: send to arrival in the client's socket (kernel receive time), "
         "ms;\nlost: not received within max(5 s, "
-        "phase length) after the last send; KB/conn: RSS growth / clients"
+        "phase length) after the last send; KB/conn: RSS growth / clients;\n"
+        "edge-tls: the edge terminating TLS itself (P-256 certificate), timed "
+        "when the generator read (the others: TLS ends in front of the server)"
     )
     print(table(results, legend))
     print(f"\nJSON: {out}")

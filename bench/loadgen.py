@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import ssl
 import sys
 import time
 from collections import Counter
@@ -29,7 +30,8 @@ class GenConfig:
     """What the generator needs to know; written as JSON by the orchestrator.
 
     ``mode`` is ``plain`` (message in, same message out to all), ``socketio``
-    or ``edge``. ``tokens`` are the students' join tokens (edge only),
+    or ``edge``; with ``cafile`` the clients speak TLS and trust that
+    certificate. ``tokens`` are the students' join tokens (edge only),
     ``teacher_token`` the publisher's. ``server_pids`` are measured (memory,
     CPU); ``helper_pids`` (the edge's origin) only for CPU, apart.
     """
@@ -53,6 +55,7 @@ class GenConfig:
     sample_every: int = 10
     join_window: int = 200
     text_chars: int = 100
+    cafile: str | None = None
 
 
 def _log(text: str) -> None:
@@ -68,6 +71,9 @@ class Generator:
         self.publisher: Client | None = None
         self._narrow: set[int] = set()
         self.result: dict[str, Any] = {"config": _public(cfg)}
+        self._tls = None
+        if cfg.cafile:
+            self._tls = ssl.create_default_context(cafile=cfg.cafile)
 
     # --- connecting ---------------------------------------------------------
 
@@ -96,7 +102,9 @@ class Generator:
             chain=self.cfg.mode == "edge",
             eio=self.cfg.mode == "socketio",
         )
-        error = await connect(client, self.cfg.host, self.cfg.port, rcvbuf=rcvbuf)
+        error = await connect(
+            client, self.cfg.host, self.cfg.port, rcvbuf=rcvbuf, tls=self._tls
+        )
         return client if error is None else error
 
     def _text(self, phase: str, number: int) -> bytes:

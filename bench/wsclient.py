@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import socket
+import ssl
 import struct
 import time
 from enum import IntEnum
@@ -500,18 +501,26 @@ async def connect(
     *,
     rcvbuf: int | None = None,
     timeout_s: float = 20.0,
+    tls: ssl.SSLContext | None = None,
 ) -> str | None:
     """Open ``client`` to ``host:port`` and wait until the server accepts it.
 
     Returns None once it is in, else why not: the close code, the HTTP
     status line or the exception. ``rcvbuf`` sets a small receive buffer
     before connecting, so that the window the client advertises matches it
-    from the first packet on.
+    from the first packet on. With ``tls`` the client speaks TLS; its reads
+    then carry no kernel receive time (they are of ciphertext), so sampled
+    clients are timed when they read.
     """
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
-            if client.sampled:
+            if tls is not None:
+                sock = await _raw_connect(host, port, rcvbuf)
+                await loop.create_connection(
+                    lambda: client, sock=sock, ssl=tls, server_hostname=host
+                )
+            elif client.sampled:
                 sock = await _raw_connect(host, port, rcvbuf)
                 # The same methods as a transport's, duck-typed like uvloop's.
                 stamped = StampedTransport(client, sock)
