@@ -23,6 +23,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from liveclass.edge_node.node import Admission, EdgeNode, Refusal
+from liveclass.edge_node.rawtcp import FdListener, FdTransport, listening_sockets
 from liveclass.edge_node.room import ClassRoom
 from liveclass.edge_node.wsproto import (
     MAX_HANDSHAKE_BYTES,
@@ -328,12 +329,19 @@ class MemberConnection(asyncio.Protocol):
         assert transport is not None
         self._server.connections.discard(self)
         self._head = None
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SEND_BUFFER)
         if factory is None:
             transport.abort()
             return
+        if isinstance(transport, FdTransport):
+            # The HTTP side gets an event loop transport of its own (aiohttp
+            # sends files with loop.sendfile, which needs one).
+            sock = transport.detach()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SEND_BUFFER)
+            self._server.node.spawn(_serve_http(sock, factory, head))
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SEND_BUFFER)
         handler = factory()
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -508,6 +516,20 @@ class MemberConnection(asyncio.Protocol):
         }
 
 
+async def _serve_http(
+    sock: socket.socket, factory: Callable[[], asyncio.Protocol], head: bytes
+) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        _transport, handler = await loop.connect_accepted_socket(factory, sock)
+    except OSError as exc:
+        logger.debug("connection gone before its HTTP request was served: %s", exc)
+        sock.close()
+        return
+    if head:
+        handler.data_received(head)
+
+
 _NOBODY = Member(user_id="", name="", role=Role.STUDENT)
 _MOVING = frozenset({CloseCode.DRAINING, CloseCode.GOING_AWAY})
 _PREFIX = b"GET " + WS_PATH
@@ -549,15 +571,29 @@ class MemberSite(web.TCPSite):
         self._members.http_factory = server
         loop = asyncio.get_running_loop()
         members = self._members
-        self._server = await loop.create_server(
-            lambda: MemberConnection(members),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
-        for sock in self._server.sockets:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+        if self._ssl_context is None:
+            # Connections inherit these from the listening socket: no
+            # system call per join.
+            options = [
+                (socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER),
+                (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            ]
+            socks = listening_sockets(
+                self._host, self._port, self._backlog, bool(self._reuse_port), options
+            )
+            self._server = FdListener(  # type: ignore[assignment]
+                socks, lambda: MemberConnection(members)
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: MemberConnection(members),
+                self._host,
+                self._port,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+                reuse_port=self._reuse_port,
+            )
+            for sock in self._server.sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self._members.start()
