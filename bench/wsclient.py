@@ -22,6 +22,8 @@ import time
 from enum import IntEnum
 from typing import cast
 
+from liveclass.edge_node.rawtcp import FdTransport
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 6455 section 4.1: the key is 16 random bytes, base64-encoded. One key
 # for every connection is enough here: it only proves the server speaks
@@ -381,9 +383,9 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
-class StampedTransport:
-    """The few transport methods :class:`Client` uses, over a raw socket read
-    with ``recvmsg`` so that each read comes with the kernel's receive time.
+class StampedTransport(FdTransport):
+    """The edge's own descriptor transport, read with ``recvmsg`` so that
+    each read comes with the kernel's receive time (``client.rx_ns``).
 
     Sampled clients use it: their latency is measured to the moment the data
     reached their socket, as it would reach a student's device, not to the
@@ -392,26 +394,24 @@ class StampedTransport:
     the earlier frames' latencies are overstated, never understated.
     """
 
+    __slots__ = ("_client", "_sock")
+
     def __init__(self, client: Client, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._client = client
         self._sock = sock
-        self._loop = asyncio.get_running_loop()
-        self._out = bytearray()
-        self._closing = False
-        self._reading = True
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self._loop.add_reader(sock.fileno(), self._readable)
+        super().__init__(asyncio.get_running_loop(), sock.fileno(), client)
 
-    def _readable(self) -> None:
+    def _read_ready(self) -> None:
         try:
             data, ancillary, _flags, _addr = self._sock.recvmsg(65536, _STAMP_SPACE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._lost(exc)
+            self._finish(exc)
             return
         if not data:
-            self._lost(None)
+            self.close()
             return
         stamp = None
         for level, kind, value in ancillary:
@@ -421,77 +421,16 @@ class StampedTransport:
         self._client.rx_ns = stamp
         self._client.data_received(data)
 
-    def write(self, data: bytes) -> None:
-        """Send ``data``; what the socket cannot take now goes when it can."""
-        if self._closing:
-            return
-        if not self._out:
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._lost(exc)
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
-            self._loop.add_writer(self._sock.fileno(), self._writable)
-        self._out += data
-
-    def _writable(self) -> None:
-        try:
-            sent = self._sock.send(self._out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._lost(exc)
-            return
-        del self._out[:sent]
-        if not self._out:
-            self._loop.remove_writer(self._sock.fileno())
-
-    def is_closing(self) -> bool:
-        """Whether close or abort was called, or the connection is gone."""
-        return self._closing
-
-    def pause_reading(self) -> None:
-        """Stop reading (the socket's buffer fills, the sender is pushed back)."""
-        if self._reading and not self._closing:
-            self._reading = False
-            self._loop.remove_reader(self._sock.fileno())
-
-    def resume_reading(self) -> None:
-        """Read again."""
-        if not self._reading and not self._closing:
-            self._reading = True
-            self._loop.add_reader(self._sock.fileno(), self._readable)
-
     def get_extra_info(self, name: str, default: object = None) -> object:
         """The socket, as asyncio transports give it."""
         return self._sock if name == "socket" else default
 
-    def close(self) -> None:
-        """Close the socket (what is queued to send is dropped)."""
-        self._lost(None)
-
-    def abort(self) -> None:
-        """Close with a reset: no TIME_WAIT left behind."""
-        if not self._closing:
-            self._sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-        self._lost(None)
-
-    def _lost(self, exc: Exception | None) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        fd = self._sock.fileno()
-        self._loop.remove_reader(fd)
-        self._loop.remove_writer(fd)
-        self._sock.close()
-        self._client.connection_lost(exc)
+    def _finish(self, exc: Exception | None) -> None:
+        # The descriptor is closed once, by the transport: the socket
+        # object lets go of it first.
+        if self._sock.fileno() >= 0:
+            self._sock.detach()
+        super()._finish(exc)
 
 
 async def connect(
@@ -521,10 +460,8 @@ async def connect(
                     lambda: client, sock=sock, ssl=tls, server_hostname=host
                 )
             elif client.sampled:
-                sock = await _raw_connect(host, port, rcvbuf)
-                # The same methods as a transport's, duck-typed like uvloop's.
-                stamped = StampedTransport(client, sock)
-                client.connection_made(cast(asyncio.BaseTransport, stamped))
+                # The transport calls the client's connection_made.
+                StampedTransport(client, await _raw_connect(host, port, rcvbuf))
             elif rcvbuf is None:
                 await loop.create_connection(lambda: client, host, port)
             else:
