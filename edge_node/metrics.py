@@ -18,6 +18,7 @@ class Metrics:
         self.errors: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.provisional_chat = 0
+        self.handshake_timeouts = 0
         self.members: Callable[[], int] = lambda: 0
         self.classes: Callable[[], int] = lambda: 0
         self.log_backlog: Callable[[], int] = lambda: 0
@@ -68,6 +69,10 @@ class Metrics:
             "local members before the log numbered them.",
             "# TYPE liveclass_edge_provisional_chat_total counter",
             f"liveclass_edge_provisional_chat_total {self.provisional_chat}",
+            "# HELP liveclass_edge_handshake_timeouts_total Connections cut for "
+            "not finishing their request in time.",
+            "# TYPE liveclass_edge_handshake_timeouts_total counter",
+            f"liveclass_edge_handshake_timeouts_total {self.handshake_timeouts}",
             "# HELP liveclass_edge_errors_total Client messages refused, by code.",
             "# TYPE liveclass_edge_errors_total counter",
         ]

@@ -90,6 +90,11 @@ KEEPALIVE_SLICES = 60
 """Steps a keepalive round is spread over (a sixtieth of the members every
 half second by default)."""
 
+HANDSHAKE_TIMEOUT_S = 10.0
+"""A connection must have sent its whole request head within this time
+(between this and twice it, in practice): one that trickles bytes, or went
+silent half way, holds a file descriptor the edge needs for members."""
+
 
 class State(IntEnum):
     """Where a member connection is in its life."""
@@ -114,6 +119,11 @@ class MemberServer:
         self.connections: set[MemberConnection] = set()
         self._memo: list[tuple[str, bytes]] = [("", b""), ("", b"")]
         self._keepalive: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Task[None] | None = None
+        # Connections accepted since the last deadline sweep, and during
+        # the one before: the older ones still without a request are cut.
+        self.newer: list[MemberConnection] = []
+        self._older: list[MemberConnection] = []
 
     def encode(self, text: str) -> bytes:
         """``text`` as a WebSocket frame, framed once per shared string.
@@ -135,25 +145,47 @@ class MemberServer:
         return wire
 
     def start(self) -> None:
-        """Start the keepalive round."""
+        """Start the keepalive round and the request deadline."""
         if self._keepalive is None:
             self._keepalive = asyncio.create_task(self._ping_loop(), name="ws-ping")
+        if self._deadline is None:
+            self._deadline = asyncio.create_task(
+                self._deadline_loop(), name="ws-handshake-deadline"
+            )
 
     async def close(self) -> None:
         """Stop pinging; give closing handshakes a moment, then cut the rest."""
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            try:
-                await self._keepalive
-            except asyncio.CancelledError:
-                pass
-            self._keepalive = None
+        for task in (self._keepalive, self._deadline):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._keepalive = self._deadline = None
         for _ in range(20):
             if not any(c.state is State.CLOSING for c in self.connections):
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
+
+    async def _deadline_loop(self) -> None:
+        # Two generations instead of a timer or a timestamp per connection:
+        # a join storm pays one list append per connection.
+        while True:
+            await asyncio.sleep(HANDSHAKE_TIMEOUT_S / 2)
+            late = [c for c in self._older if c.state is State.HANDSHAKE]
+            self._older, self.newer = self.newer, []
+            for conn in late:
+                conn.abort()
+            if late:
+                self.node.metrics.handshake_timeouts += len(late)
+                logger.info(
+                    "cut %d connections that sent no complete request within %.0f s",
+                    len(late),
+                    HANDSHAKE_TIMEOUT_S,
+                )
 
     async def _ping_loop(self) -> None:
         # A round pings every member once, spread over the whole interval:
@@ -208,6 +240,7 @@ class MemberConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio's, but behave alike.
         self.transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
+        self._server.newer.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = State.CLOSED
@@ -222,8 +255,15 @@ class MemberConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The transport's buffer passed MAX_BUFFERED_BYTES: the member does
-        # not read. The class room closes it after its pass.
+        # not read. A fan-out pass finds it and the class room closes it;
+        # what is written outside one (pongs to its pings, answers to its
+        # messages) would pile up with no pass to notice, hence the check.
         self._slow = True
+        asyncio.get_running_loop().call_soon(self._close_if_slow)
+
+    def _close_if_slow(self) -> None:
+        if self._slow and self.state is State.OPEN:
+            self.close(CloseCode.TOO_SLOW, "too far behind; reconnect with last_seq")
 
     def resume_writing(self) -> None:
         self._slow = False
@@ -329,6 +369,9 @@ class MemberConnection(asyncio.Protocol):
         assert transport is not None
         self._server.connections.discard(self)
         self._head = None
+        # The connection is not this protocol's any more, whatever happens.
+        self.state = State.CLOSED
+        self.transport = None
         if factory is None:
             transport.abort()
             return
@@ -337,7 +380,7 @@ class MemberConnection(asyncio.Protocol):
             # sends files with loop.sendfile, which needs one).
             sock = transport.detach()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SEND_BUFFER)
-            self._server.node.spawn(_serve_http(sock, factory, head))
+            self._server.node.spawn(_serve_http(sock, _Primed(factory, head)))
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -516,18 +559,34 @@ class MemberConnection(asyncio.Protocol):
         }
 
 
-async def _serve_http(
-    sock: socket.socket, factory: Callable[[], asyncio.Protocol], head: bytes
-) -> None:
+class _Primed(asyncio.Protocol):
+    """Stands in for aiohttp's protocol for one moment: when the new
+    transport is made, hands it the protocol and the bytes already read,
+    before the transport can report anything else (an end of stream right
+    behind the request must not reach aiohttp before the request does)."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], head: bytes) -> None:
+        self._factory = factory
+        self._head = head
+
+    def __call__(self) -> asyncio.Protocol:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self._factory()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._head:
+            handler.data_received(self._head)
+
+
+async def _serve_http(sock: socket.socket, primed: _Primed) -> None:
     loop = asyncio.get_running_loop()
     try:
-        _transport, handler = await loop.connect_accepted_socket(factory, sock)
+        await loop.connect_accepted_socket(primed, sock)
     except OSError as exc:
         logger.debug("connection gone before its HTTP request was served: %s", exc)
         sock.close()
-        return
-    if head:
-        handler.data_received(head)
 
 
 _NOBODY = Member(user_id="", name="", role=Role.STUDENT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
 import struct
@@ -375,3 +376,158 @@ async def test_keepalive_spreads_pings_and_cuts_a_silent_member(
             break
         await asyncio.sleep(0.01)
     assert edge.node.connections == 1
+
+
+@pytest.fixture
+async def hasty_edge(
+    tmp_path: Path, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[EdgeRunner]:
+    """An edge that gives a connection 0.4 s to send its request head."""
+    monkeypatch.setattr(wsserver, "HANDSHAKE_TIMEOUT_S", 0.4)
+    config = EdgeConfig(
+        port=free_port(),
+        origin_url=f"http://127.0.0.1:{free_port()}",
+        data_dir=tmp_path,
+        transcode=False,
+    )
+    runner = await run_edge(config, MemoryClassLog())
+    runner.node.verifier.update(keyring.public_keys())
+    yield runner
+    await runner.stop()
+
+
+async def test_a_request_that_never_ends_is_cut_and_members_stay(
+    hasty_edge: EdgeRunner, keyring: KeyRing, class_id: str
+) -> None:
+    port = port_of(hasty_edge)
+    member = await RawClient.open(port)
+    await member.upgrade(query(keyring, class_id, "ann"))
+    await member.frame()  # the welcome
+    trickle = await RawClient.open(port)
+    trickle.writer.write(b"GET /v1/ws?v=1&tok")  # and nothing more
+    silent = await RawClient.open(port)  # sends nothing at all
+    for client in (trickle, silent):
+        assert await asyncio.wait_for(client.reader.read(), TIMEOUT) == b""
+    assert hasty_edge.node.metrics.handshake_timeouts == 2
+    assert "liveclass_edge_handshake_timeouts_total 2" in (
+        hasty_edge.node.metrics.render()
+    )
+    # The member that finished its handshake long ago is still served.
+    member.send(0x9, b"still here")
+    assert await member.frame() == (0xA, b"still here")
+
+
+async def test_a_member_that_floods_pings_and_never_reads_is_closed(
+    edge: EdgeRunner, keyring: KeyRing, class_id: str
+) -> None:
+    flooder = await RawClient.open(port_of(edge), rcvbuf=4096)
+    await flooder.upgrade(query(keyring, class_id, "flood"))
+    await flooder.frame()
+    # Each pong is 127 bytes: a few hundred fill the member's allowance.
+    for _ in range(3000):
+        flooder.send(0x9, b"p" * 125)
+        await flooder.writer.drain()
+        if edge.node.metrics.closes[CloseCode.TOO_SLOW]:
+            break
+    for _ in range(200):
+        if edge.node.metrics.closes[CloseCode.TOO_SLOW]:
+            break
+        await asyncio.sleep(0.01)
+    assert edge.node.metrics.closes[CloseCode.TOO_SLOW] == 1
+    (conn,) = [c for c in edge.app[MEMBERS_KEY].connections]
+    assert conn.transport is not None
+    # Bounded: the allowance, the close frame and pongs already queued.
+    assert conn.transport.get_write_buffer_size() < 2 * wsserver.MAX_BUFFERED_BYTES
+    flooder.writer.close()
+
+
+def test_requests_cut_short_after_the_hand_off_log_no_error(
+    tmp_path: Path, keyring: KeyRing, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On uvloop, the loop members are served on by default: an end of
+    # stream or a reset right behind a request once reached aiohttp before
+    # the request, which then failed with a traceback in the log.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        config = EdgeConfig(
+            port=free_port(),
+            origin_url=f"http://127.0.0.1:{free_port()}",
+            data_dir=tmp_path,
+            transcode=False,
+        )
+        runner = await run_edge(config, MemoryClassLog())
+        try:
+            port = port_of(runner)
+            for cut in ("eof", "reset") * 10:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+                if cut == "eof":
+                    writer.write_eof()
+                    await asyncio.wait_for(reader.read(), TIMEOUT)
+                else:
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    writer.transport.abort()
+                writer.close()
+            await asyncio.sleep(0.3)
+            # And the port still answers whole requests.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            writer.close()
+            assert not runner.app[MEMBERS_KEY].connections
+        finally:
+            await runner.stop()
+
+    with caplog.at_level(logging.ERROR):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as run:
+            run.run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_half_requests_reset_at_once_do_not_keep_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On uvloop, a reset that arrives with the first bytes of a request
+    # stops the descriptor's watcher without a word: only the deadline on
+    # requests lets such connections go.
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.setattr(wsserver, "HANDSHAKE_TIMEOUT_S", 0.4)
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main() -> None:
+        config = EdgeConfig(
+            port=free_port(),
+            origin_url=f"http://127.0.0.1:{free_port()}",
+            data_dir=tmp_path,
+            transcode=False,
+        )
+        runner = await run_edge(config, MemoryClassLog())
+        try:
+            await asyncio.sleep(0.1)
+            before = open_fds()
+            for _ in range(20):
+                sock = socket.create_connection(("127.0.0.1", port_of(runner)))
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                sock.send(b"GET /v1/ws?v=1&tok")
+                sock.close()  # a reset, right behind the bytes
+            for _ in range(300):
+                if not runner.app[MEMBERS_KEY].connections:
+                    break
+                await asyncio.sleep(0.01)
+            assert not runner.app[MEMBERS_KEY].connections
+            assert open_fds() <= before
+            assert runner.node.metrics.handshake_timeouts <= 20
+        finally:
+            await runner.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as run:
+        run.run(main())
