@@ -531,3 +531,75 @@ def test_half_requests_reset_at_once_do_not_keep_descriptors(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as run:
         run.run(main())
+
+
+async def test_a_reader_that_stops_is_closed_as_too_slow_over_tls_too(
+    tmp_path: Path,
+    keyring: KeyRing,
+    class_id: str,
+    tls_files: tuple[Path, Path],
+) -> None:
+    # TLS keeps the event loop's transports: their buffer must bound a
+    # member that stops reading as the descriptor transport does.
+    import ssl
+    import threading
+
+    cert, key = tls_files
+    config = EdgeConfig(
+        port=free_port(),
+        origin_url=f"http://127.0.0.1:{free_port()}",
+        data_dir=tmp_path,
+        transcode=False,
+        tls_cert=cert,
+        tls_key=key,
+    )
+    runner = await run_edge(config, MemoryClassLog())
+    runner.node.verifier.update(keyring.public_keys())
+    stop = threading.Event()
+    welcomed = threading.Event()
+
+    def stop_reading_after_the_welcome() -> None:
+        context = ssl.create_default_context(cafile=str(cert))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", port_of(runner)))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            key64 = base64.b64encode(os.urandom(16)).decode()
+            tls.sendall(
+                f"GET /v1/ws?{query(keyring, class_id, 'slow')} HTTP/1.1\r\n"
+                f"Host: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key64}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            got = b""
+            while b'"welcome"' not in got:
+                got += tls.recv(4096)
+            welcomed.set()
+            stop.wait(TIMEOUT)  # and never read again
+
+    thread = threading.Thread(target=stop_reading_after_the_welcome)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(welcomed.wait, TIMEOUT)
+        metrics = runner.node.metrics
+        most_buffered = 0
+        for n in range(400):
+            entries = [
+                LogEvent(
+                    type="chat.message", actor="tea", data={"text": f"{n}-{i}" * 60}
+                )
+                for i in range(50)
+            ]
+            await runner.node.log.append(class_id, entries)
+            await asyncio.sleep(0.01)
+            for conn in runner.app[MEMBERS_KEY].connections:
+                if conn.transport is not None:
+                    buffered = conn.transport.get_write_buffer_size()
+                    most_buffered = max(most_buffered, buffered)
+            if metrics.closes[CloseCode.TOO_SLOW]:
+                break
+        assert metrics.closes[CloseCode.TOO_SLOW] == 1
+        assert most_buffered <= wsserver.MAX_BUFFERED_BYTES + 64 * 1024
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, TIMEOUT)
+        await runner.stop()
