@@ -565,11 +565,12 @@ async def test_a_reader_that_stops_is_closed_as_too_slow_over_tls_too(
         raw.connect(("127.0.0.1", port_of(runner)))
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             key64 = base64.b64encode(os.urandom(16)).decode()
-            tls.sendall(
+            request = (
                 f"GET /v1/ws?{query(keyring, class_id, 'slow')} HTTP/1.1\r\n"
-                f"Host: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key64}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                "Host: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key64}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )
+            tls.sendall(request.encode())
             got = b""
             while b'"welcome"' not in got:
                 got += tls.recv(4096)
