@@ -22,7 +22,7 @@ import time
 from enum import IntEnum
 from typing import cast
 
-from liveclass.edge_node.rawtcp import FdTransport
+from liveclass.edge_node.rawtcp import FdTransport, Poller
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 6455 section 4.1: the key is 16 random bytes, base64-encoded. One key
@@ -383,6 +383,18 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
+_POLLERS: dict[asyncio.AbstractEventLoop, Poller] = {}
+
+
+def _poller() -> Poller:
+    # One epoll set for the sampled clients of this process's loop.
+    loop = asyncio.get_running_loop()
+    poller = _POLLERS.get(loop)
+    if poller is None:
+        poller = _POLLERS[loop] = Poller(loop)
+    return poller
+
+
 class StampedTransport(FdTransport):
     """The edge's own descriptor transport, read with ``recvmsg`` so that
     each read comes with the kernel's receive time (``client.rx_ns``).
@@ -400,7 +412,7 @@ class StampedTransport(FdTransport):
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._client = client
         self._sock = sock
-        super().__init__(asyncio.get_running_loop(), sock.fileno(), client)
+        super().__init__(_poller(), sock.fileno(), client)
 
     def _read_ready(self) -> None:
         try:

@@ -3,10 +3,14 @@
 An event loop's own transports do more per connection than a join storm
 can afford: uvloop's asks the kernel for both addresses of the socket, sets
 ``TCP_NODELAY`` on it, and files it in a weak-reference table, about 20 us
-of a join that costs a bare server 50. Here a connection is its descriptor,
-one reader registration, and a transport object with slots: the options are
-set once on the listening socket (connections inherit them) and the peer's
-address comes with ``accept``.
+of a join that costs a bare server 50. Here a connection is its descriptor
+and a transport object with slots: the options are set once on the
+listening socket (connections inherit them), the peer's address comes with
+``accept``, and the descriptors share one epoll set of their own
+(:class:`Poller`), which the event loop watches as one descriptor: adding a
+connection is one ``epoll_ctl``, not a watcher and a callback handle each,
+and errors on a socket are seen, where uvloop's per-descriptor watchers stop
+on them without a word.
 
 :class:`FdTransport` has the methods and flow-control callbacks of an
 asyncio transport that the member protocol uses. TLS keeps the event loop's
@@ -19,6 +23,7 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +91,83 @@ def listening_sockets(
     return socks
 
 
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_READ_EVENTS = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+
+
+class Poller:
+    """An epoll set of connections, watched by ``loop`` as one descriptor.
+
+    Each turn of the event loop in which any of them is ready calls their
+    transports' read and write handlers. :meth:`release` closes the set once
+    its last connection has left.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._epoll = select.epoll()
+        self._transports: dict[int, FdTransport] = {}
+        self._released = False
+        loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def watch(self, transport: FdTransport, fd: int, mask: int) -> None:
+        """Watch ``fd`` of ``transport`` for ``mask`` (EPOLLIN, EPOLLOUT;
+        0 to stop watching it)."""
+        old = transport._mask
+        if mask == old:
+            return
+        epoll = self._epoll
+        if not old:
+            epoll.register(fd, mask)
+            self._transports[fd] = transport
+        elif not mask:
+            epoll.unregister(fd)
+            del self._transports[fd]
+            if self._released and not self._transports:
+                self._close()
+        else:
+            epoll.modify(fd, mask)
+        transport._mask = mask
+
+    def _ready(self) -> None:
+        transports = self._transports
+        for fd, events in self._epoll.poll(0):
+            transport = transports.get(fd)
+            if transport is None:
+                continue  # gone earlier in this pass
+            try:
+                if events & _READ_EVENTS and transport._mask & _IN:
+                    transport._read_ready()
+                if (
+                    events & _WRITE_EVENTS
+                    and transport._mask & _OUT
+                    and transport._fd == fd
+                ):
+                    transport._write_ready()
+            except Exception as exc:
+                self.loop.call_exception_handler(
+                    {
+                        "message": "a connection's event handler failed",
+                        "exception": exc,
+                        "transport": transport,
+                    }
+                )
+                transport.abort()
+
+    def release(self) -> None:
+        """Close the set once no connection is left in it."""
+        self._released = True
+        if not self._transports:
+            self._close()
+
+    def _close(self) -> None:
+        if self._epoll.closed:
+            return
+        self.loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+
 class FdListener:
     """Accepts connections on ``sockets`` and gives each a protocol from
     ``factory`` on an :class:`FdTransport`.
@@ -102,6 +184,7 @@ class FdListener:
         self.sockets = sockets
         self._factory = factory
         self._loop = asyncio.get_running_loop()
+        self._poller = Poller(self._loop)
         self._closed = False
         for sock in sockets:
             self._loop.add_reader(sock.fileno(), self._accept, sock)
@@ -110,7 +193,7 @@ class FdListener:
         # socket.accept() would wrap each descriptor in a socket object;
         # _accept is the call it makes, returning the bare descriptor.
         accept = sock._accept  # type: ignore[attr-defined]
-        loop, factory = self._loop, self._factory
+        poller, factory = self._poller, self._factory
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, peer = accept()
@@ -123,7 +206,7 @@ class FdListener:
                 continue  # that connection was reset before it was taken
             try:
                 os.set_blocking(fd, False)
-                FdTransport(loop, fd, factory(), peer)
+                FdTransport(poller, fd, factory(), peer)
             except Exception:
                 logger.exception("could not set up an accepted connection")
                 os.close(fd)
@@ -150,6 +233,7 @@ class FdListener:
         for sock in self.sockets:
             self._loop.remove_reader(sock.fileno())
             sock.close()
+        self._poller.release()
 
     async def wait_closed(self) -> None:
         """Return at once: closing is done by :meth:`close`."""
@@ -172,23 +256,27 @@ class FdTransport(asyncio.Transport):
         "_high",
         "_loop",
         "_low",
+        "_mask",
         "_out",
         "_paused",
         "_peer",
+        "_poller",
         "_protocol",
         "_reading",
     )
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         fd: int,
         protocol: asyncio.BaseProtocol,
         peer: Any = None,
     ) -> None:
         # No super().__init__: an extra-info dict per connection is memory
         # an idle member cannot spare; get_extra_info is overridden.
-        self._loop = loop
+        self._poller = poller
+        self._loop = poller.loop
+        self._mask = 0  # what the poller watches the descriptor for
         self._fd = fd
         self._protocol = protocol
         self._peer = peer
@@ -199,8 +287,16 @@ class FdTransport(asyncio.Transport):
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_HIGH_WATER // 4
         protocol.connection_made(self)
-        if self._reading and not self._closing:
-            loop.add_reader(fd, self._read_ready)
+        self._watch()
+
+    def _watch(self) -> None:
+        # What the descriptor is watched for follows from the state.
+        if self._fd < 0:
+            return
+        mask = _IN if self._reading else 0
+        if self._out is not None:
+            mask |= _OUT
+        self._poller.watch(self, self._fd, mask)
 
     # --- reading ------------------------------------------------------------
 
@@ -238,14 +334,13 @@ class FdTransport(asyncio.Transport):
         """Stop reading until :meth:`resume_reading`."""
         if self._reading:
             self._reading = False
-            if self._fd >= 0:
-                self._loop.remove_reader(self._fd)
+            self._watch()
 
     def resume_reading(self) -> None:
         """Read again."""
         if not self._reading and not self._closing:
             self._reading = True
-            self._loop.add_reader(self._fd, self._read_ready)
+            self._watch()
 
     def is_reading(self) -> bool:
         """Whether the transport reads."""
@@ -272,7 +367,7 @@ class FdTransport(asyncio.Transport):
         if sent == len(data):
             return
         out = self._out = bytearray(memoryview(data)[sent:])
-        self._loop.add_writer(self._fd, self._write_ready)
+        self._watch()
         self._check_high(out)
 
     def _check_high(self, out: bytearray) -> None:
@@ -297,9 +392,10 @@ class FdTransport(asyncio.Transport):
             self._protocol.resume_writing()
         if not out:
             self._out = None
-            self._loop.remove_writer(self._fd)
             if self._closing:
                 self._finish(None)
+            else:
+                self._watch()
 
     def get_write_buffer_size(self) -> int:
         """Bytes written but not yet taken by the socket."""
@@ -342,11 +438,11 @@ class FdTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if self._reading and self._fd >= 0:
-            self._loop.remove_reader(self._fd)
         self._reading = False
         if self._out is None:
             self._finish(None)
+        else:
+            self._watch()
 
     def abort(self) -> None:
         """Close at once; what is buffered is dropped."""
@@ -358,7 +454,7 @@ class FdTransport(asyncio.Transport):
         fd = self._fd
         if fd < 0 or self._out is not None:
             raise RuntimeError("only an open connection with nothing buffered")
-        self._loop.remove_reader(fd)
+        self._poller.watch(self, fd, 0)
         self._fd = -1
         self._closing = self._paused = True
         self._reading = False
@@ -368,17 +464,13 @@ class FdTransport(asyncio.Transport):
         fd = self._fd
         if fd < 0:
             return
+        self._poller.watch(self, fd, 0)
         self._fd = -1
         self._closing = True
-        loop = self._loop
-        if self._reading:
-            loop.remove_reader(fd)
-            self._reading = False
-        if self._out is not None:
-            loop.remove_writer(fd)
-            self._out = None
+        self._reading = False
+        self._out = None
         os.close(fd)
-        loop.call_soon(self._protocol.connection_lost, exc)
+        self._loop.call_soon(self._protocol.connection_lost, exc)
 
     # --- the rest of asyncio's interface -------------------------------------
 

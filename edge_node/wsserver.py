@@ -284,6 +284,8 @@ class MemberConnection(asyncio.Protocol):
         """Write one frame; False once the member is too far behind."""
         if self.state is not State.OPEN:
             return True
+        if self._slow:
+            return False  # already too far behind: nothing more piles up
         wire = self._server.encode(data)
         head = self._head
         if isinstance(head, list):
@@ -535,8 +537,9 @@ class MemberConnection(asyncio.Protocol):
 
     def _control(self, control: Control) -> None:
         if control.opcode is Opcode.PING:
-            # Section 5.5.3: a pong echoes the ping's payload.
-            if self.state is State.OPEN:
+            # Section 5.5.3: a pong echoes the ping's payload; a member
+            # too far behind to take it is about to be closed instead.
+            if self.state is State.OPEN and not self._slow:
                 self._write(frame(Opcode.PONG, control.payload))
         elif control.opcode is Opcode.CLOSE:
             assert self.transport is not None

@@ -14,7 +14,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from liveclass.edge_node import rawtcp
-from liveclass.edge_node.rawtcp import FdListener, FdTransport, listening_sockets
+from liveclass.edge_node.rawtcp import (
+    FdListener,
+    FdTransport,
+    Poller,
+    listening_sockets,
+)
 
 
 class Recorder(asyncio.Protocol):
@@ -295,7 +300,8 @@ def test_limits_follow_asyncio_rules() -> None:
         left, right = socket.socketpair()
         right.setblocking(False)
         proto = Recorder()
-        transport = FdTransport(asyncio.get_running_loop(), right.detach(), proto)
+        poller = Poller(asyncio.get_running_loop())
+        transport = FdTransport(poller, right.detach(), proto)
         transport.set_write_buffer_limits(high=1000)
         assert transport.get_write_buffer_limits() == (250, 1000)
         transport.set_write_buffer_limits(low=100)
@@ -304,6 +310,7 @@ def test_limits_follow_asyncio_rules() -> None:
             transport.set_write_buffer_limits(high=10, low=20)
         transport.abort()
         await proto.lost
+        poller.release()
         left.close()
 
     asyncio.run(main())
