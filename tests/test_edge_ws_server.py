@@ -87,15 +87,22 @@ class RawClient:
                 frames.append(Frame.model_validate_json(payload))
 
 
-@pytest.fixture
-async def edge(tmp_path: Path, keyring: KeyRing) -> AsyncIterator[EdgeRunner]:
+async def start_edge(tmp_path: Path, **options: Any) -> EdgeRunner:
+    """An edge on a free port with the in-process log, no media work and no
+    origin (keys are given to its verifier by the caller)."""
     config = EdgeConfig(
         port=free_port(),
         origin_url=f"http://127.0.0.1:{free_port()}",
         data_dir=tmp_path,
         transcode=False,
+        **options,
     )
-    runner = await run_edge(config, MemoryClassLog())
+    return await run_edge(config, MemoryClassLog())
+
+
+@pytest.fixture
+async def edge(tmp_path: Path, keyring: KeyRing) -> AsyncIterator[EdgeRunner]:
+    runner = await start_edge(tmp_path)
     runner.node.verifier.update(keyring.public_keys())
     yield runner
     await runner.stop()
@@ -384,13 +391,7 @@ async def hasty_edge(
 ) -> AsyncIterator[EdgeRunner]:
     """An edge that gives a connection 0.4 s to send its request head."""
     monkeypatch.setattr(wsserver, "HANDSHAKE_TIMEOUT_S", 0.4)
-    config = EdgeConfig(
-        port=free_port(),
-        origin_url=f"http://127.0.0.1:{free_port()}",
-        data_dir=tmp_path,
-        transcode=False,
-    )
-    runner = await run_edge(config, MemoryClassLog())
+    runner = await start_edge(tmp_path)
     runner.node.verifier.update(keyring.public_keys())
     yield runner
     await runner.stop()
@@ -450,13 +451,7 @@ def test_requests_cut_short_after_the_hand_off_log_no_error(
     uvloop = pytest.importorskip("uvloop")
 
     async def main() -> None:
-        config = EdgeConfig(
-            port=free_port(),
-            origin_url=f"http://127.0.0.1:{free_port()}",
-            data_dir=tmp_path,
-            transcode=False,
-        )
-        runner = await run_edge(config, MemoryClassLog())
+        runner = await start_edge(tmp_path)
         try:
             port = port_of(runner)
             for cut in ("eof", "reset") * 10:
@@ -502,13 +497,7 @@ def test_half_requests_reset_at_once_do_not_keep_descriptors(
         return len(os.listdir("/proc/self/fd"))
 
     async def main() -> None:
-        config = EdgeConfig(
-            port=free_port(),
-            origin_url=f"http://127.0.0.1:{free_port()}",
-            data_dir=tmp_path,
-            transcode=False,
-        )
-        runner = await run_edge(config, MemoryClassLog())
+        runner = await start_edge(tmp_path)
         try:
             await asyncio.sleep(0.1)
             before = open_fds()
@@ -545,15 +534,7 @@ async def test_a_reader_that_stops_is_closed_as_too_slow_over_tls_too(
     import threading
 
     cert, key = tls_files
-    config = EdgeConfig(
-        port=free_port(),
-        origin_url=f"http://127.0.0.1:{free_port()}",
-        data_dir=tmp_path,
-        transcode=False,
-        tls_cert=cert,
-        tls_key=key,
-    )
-    runner = await run_edge(config, MemoryClassLog())
+    runner = await start_edge(tmp_path, tls_cert=cert, tls_key=key)
     runner.node.verifier.update(keyring.public_keys())
     stop = threading.Event()
     welcomed = threading.Event()
