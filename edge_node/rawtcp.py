@@ -111,12 +111,13 @@ class Poller:
         self._released = False
         loop.add_reader(self._epoll.fileno(), self._ready)
 
-    def watch(self, transport: FdTransport, fd: int, mask: int) -> None:
-        """Watch ``fd`` of ``transport`` for ``mask`` (EPOLLIN, EPOLLOUT;
-        0 to stop watching it)."""
+    def watch(self, transport: FdTransport, mask: int) -> None:
+        """Watch the descriptor of ``transport`` for ``mask`` (EPOLLIN,
+        EPOLLOUT; 0 to stop watching it)."""
         old = transport._mask
         if mask == old:
             return
+        fd = transport._fd
         epoll = self._epoll
         if not old:
             epoll.register(fd, mask)
@@ -254,7 +255,6 @@ class FdTransport(asyncio.Transport):
         "_closing",
         "_fd",
         "_high",
-        "_loop",
         "_low",
         "_mask",
         "_out",
@@ -275,7 +275,6 @@ class FdTransport(asyncio.Transport):
         # No super().__init__: an extra-info dict per connection is memory
         # an idle member cannot spare; get_extra_info is overridden.
         self._poller = poller
-        self._loop = poller.loop
         self._mask = 0  # what the poller watches the descriptor for
         self._fd = fd
         self._protocol = protocol
@@ -296,7 +295,7 @@ class FdTransport(asyncio.Transport):
         mask = _IN if self._reading else 0
         if self._out is not None:
             mask |= _OUT
-        self._poller.watch(self, self._fd, mask)
+        self._poller.watch(self, mask)
 
     # --- reading ------------------------------------------------------------
 
@@ -320,7 +319,7 @@ class FdTransport(asyncio.Transport):
         except Exception as exc:
             # As asyncio's transports do: the loop hears of it, the
             # connection ends, the others go on.
-            self._loop.call_exception_handler(
+            self._poller.loop.call_exception_handler(
                 {
                     "message": "protocol failed on data from a connection",
                     "exception": exc,
@@ -454,7 +453,7 @@ class FdTransport(asyncio.Transport):
         fd = self._fd
         if fd < 0 or self._out is not None:
             raise RuntimeError("only an open connection with nothing buffered")
-        self._poller.watch(self, fd, 0)
+        self._poller.watch(self, 0)
         self._fd = -1
         self._closing = self._paused = True
         self._reading = False
@@ -464,13 +463,13 @@ class FdTransport(asyncio.Transport):
         fd = self._fd
         if fd < 0:
             return
-        self._poller.watch(self, fd, 0)
+        self._poller.watch(self, 0)
         self._fd = -1
         self._closing = True
         self._reading = False
         self._out = None
         os.close(fd)
-        self._loop.call_soon(self._protocol.connection_lost, exc)
+        self._poller.loop.call_soon(self._protocol.connection_lost, exc)
 
     # --- the rest of asyncio's interface -------------------------------------
 

@@ -69,7 +69,6 @@ class Sweeper:
     ) -> None:
         self.staff: dict[Sink, int] = {}
         self.students: dict[Sink, int] = {}
-        self.round_s = 0.0
         self.max_frame = max_frame
         self._on_slow = on_slow
         self._metrics = metrics or Metrics()
@@ -195,7 +194,6 @@ class Sweeper:
         self._order = None
         self._settled = self._round_from
         self._trim(self._round_min)
-        self.round_s = self._round_cpu
         self._metrics.fanout_rounds += 1
         self._metrics.fanout_seconds += self._round_cpu
         loop = asyncio.get_running_loop()
