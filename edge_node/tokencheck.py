@@ -12,12 +12,13 @@ required claims, then the claims model. Error messages differ in wording.
 from __future__ import annotations
 
 import binascii
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic_core import from_json
 
@@ -28,7 +29,8 @@ REQUIRED = ("exp", "iat", "sub", "cls")
 """Claims a join token must carry (and not as null), as the verifier asks."""
 
 _PADDING = padding.PKCS1v15()
-_HASH = hashes.SHA256()
+_SHA256_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+"""The DER DigestInfo header of a SHA-256 digest (RFC 8017 section 9.2)."""
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -64,6 +66,24 @@ def _payload(raw: bytes) -> dict[str, Any]:
     except ValueError:
         raise TokenError("malformed token: payload is not JSON") from None
     return _as_object(value, "payload")
+
+
+def _signature_holds(key: rsa.RSAPublicKey, signature: bytes, signed: bytes) -> bool:
+    """RS256 (RSASSA-PKCS1-v1_5 with SHA-256) of ``signed`` under ``key``.
+
+    The check of RFC 8017 section 8.2.2: OpenSSL undoes the signature and
+    checks its padding, and what is left must be exactly the encoded digest.
+    It is the check ``key.verify`` makes, a sixth cheaper: the library's
+    verify sets up a digest context per call.
+    """
+    if len(signature) != (key.key_size + 7) // 8:
+        return False
+    try:
+        recovered = key.recover_data_from_signature(signature, _PADDING, None)
+    except InvalidSignature:
+        return False
+    expected = _SHA256_INFO + hashlib.sha256(signed).digest()
+    return hmac.compare_digest(recovered, expected)
 
 
 def _number(claims: dict[str, Any], name: str) -> int:
@@ -102,10 +122,8 @@ class LeanTokenVerifier(TokenVerifier):
         head_b64, body_b64, sig_b64 = parts
         key = self._signers.get(head_b64) or self._signer(head_b64)
         signed = f"{head_b64}.{body_b64}".encode("ascii", "replace")
-        try:
-            key.verify(_b64(sig_b64), signed, _PADDING, _HASH)
-        except InvalidSignature:
-            raise TokenError("invalid token: signature verification failed") from None
+        if not _signature_holds(key, _b64(sig_b64), signed):
+            raise TokenError("invalid token: signature verification failed")
         claims = _payload(_b64(body_b64))
         self._check_claims(claims)
         try:

@@ -49,7 +49,12 @@ class Role(StrEnum):
     @property
     def is_staff(self) -> bool:
         """Whether the role moderates the class (teacher or TA)."""
-        return self in (Role.TEACHER, Role.TA)
+        # A set of the values: looking up Role.TEACHER goes through the
+        # enum's class attributes, several times slower, on every join.
+        return self in _STAFF_ROLES
+
+
+_STAFF_ROLES = frozenset({"teacher", "ta"})
 
 
 class CloseCode:
