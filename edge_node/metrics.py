@@ -19,7 +19,10 @@ class Metrics:
         self.closes: Counter[int] = Counter()
         self.provisional_chat = 0
         self.handshake_timeouts = 0
-        self.members: Callable[[], int] = lambda: 0
+        self.members = 0
+        """Member connections in a class room, kept up by the rooms: a join
+        reads it to enforce the edge's capacity, so it is not a sum over
+        rooms, which an edge of many small classes would pay per join."""
         self.classes: Callable[[], int] = lambda: 0
         self.log_backlog: Callable[[], int] = lambda: 0
         self.log_held_classes: Callable[[], int] = lambda: 0
@@ -34,7 +37,7 @@ class Metrics:
         lines = [
             "# HELP liveclass_edge_members Member connections open on this edge.",
             "# TYPE liveclass_edge_members gauge",
-            f"liveclass_edge_members {self.members()}",
+            f"liveclass_edge_members {self.members}",
             "# HELP liveclass_edge_classes Classes with a room on this edge.",
             "# TYPE liveclass_edge_classes gauge",
             f"liveclass_edge_classes {self.classes()}",

@@ -98,7 +98,6 @@ class EdgeNode:
         self.member_left = asyncio.Event()
         """Set whenever a member leaves; a waiter clears it first."""
         self._tasks: set[asyncio.Task[Any]] = set()
-        metrics.members = lambda: self.connections
         metrics.classes = lambda: len(self.rooms)
         metrics.log_backlog = lambda: batcher.backlog
         metrics.log_held_classes = lambda: batcher.held_classes
@@ -108,7 +107,7 @@ class EdgeNode:
     @property
     def connections(self) -> int:
         """Member connections open on this edge."""
-        return sum(room.connections for room in self.rooms.values())
+        return self.metrics.members
 
     def members_per_class(self) -> dict[str, int]:
         """Connections per class, for the heartbeat."""

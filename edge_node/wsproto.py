@@ -103,9 +103,9 @@ def parse_upgrade(head: bytes) -> Upgrade:
         value = value.strip()
         # Repeated headers fold into one list, as HTTP allows (RFC 9110 5.3).
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    if "websocket" not in _tokens(headers.get("upgrade", "")):
+    if not _has_token(headers.get("upgrade", ""), "websocket"):
         raise HandshakeError(426, "this endpoint only speaks WebSocket", _V13)
-    if "upgrade" not in _tokens(headers.get("connection", "")):
+    if not _has_token(headers.get("connection", ""), "upgrade"):
         raise HandshakeError(400, "Connection header must include Upgrade")
     if headers.get("sec-websocket-version") != "13":
         # Section 4.4: say which version this server speaks.
@@ -136,8 +136,11 @@ def _query(text: str) -> dict[str, str]:
 _V13 = "Sec-WebSocket-Version: 13\r\n"
 
 
-def _tokens(value: str) -> list[str]:
-    return [t.strip().lower() for t in value.split(",")]
+def _has_token(value: str, token: str) -> bool:
+    """Whether the comma-separated list ``value`` holds ``token``, in any
+    case; most clients send the token alone."""
+    value = value.lower()
+    return value == token or token in [t.strip() for t in value.split(",")]
 
 
 def accept_response(accept: str) -> bytes:

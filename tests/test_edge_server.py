@@ -583,6 +583,32 @@ async def test_presence_count_and_list(start_edge: Any, connect: Connect) -> Non
     await tea.event("presence.count", count=1)
 
 
+async def test_edge_capacity_counts_members_of_every_class(
+    start_edge: Any, connect: Connect, keyring: KeyRing, http: aiohttp.ClientSession
+) -> None:
+    edge = await start_edge(MemoryClassLog(), capacity=2)
+
+    def token(class_id: str, user: str) -> str:
+        return keyring.mint(class_id, user, user.title(), Role.STUDENT)
+
+    ann = await connect(edge, "ann", token=token("class-a", "ann"))
+    # Kept referenced: a collected client socket closes.
+    bob = await connect(edge, "bob", token=token("class-b", "bob"))
+    late = await connect(edge, "cid", token=token("class-c", "cid"), welcome=False)
+    assert (await late.closed())[0] == CloseCode.EDGE_FULL
+    # A member that leaves frees its place, whatever its class.
+    await ann.ws.close()
+    for _ in range(100):
+        async with http.get(f"{edge.url}/metrics") as resp:
+            if "liveclass_edge_members 1\n" in await resp.text():
+                break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the edge still counts the member that left")
+    cid = await connect(edge, "cid", token=token("class-c", "cid"))
+    assert not bob.ws.closed and not cid.ws.closed
+
+
 async def test_http_endpoints(
     start_edge: Any, http: aiohttp.ClientSession, origin: Origin
 ) -> None:

@@ -69,6 +69,22 @@ def test_upgrade_is_accepted_with_its_query() -> None:
 
 
 @pytest.mark.parametrize(
+    ("upgrade", "connection"),
+    [
+        ("websocket", "Upgrade"),
+        ("WebSocket", "upgrade"),
+        ("websocket", "keep-alive, Upgrade"),
+        ("h2c, websocket", "Upgrade , keep-alive"),
+    ],
+)
+def test_upgrade_and_connection_tokens_match_in_any_case_and_place(
+    upgrade: str, connection: str
+) -> None:
+    head = request(Upgrade=upgrade, Connection=connection)
+    assert parse_upgrade(head).query == {"v": "1", "token": "abc"}
+
+
+@pytest.mark.parametrize(
     ("head", "status"),
     [
         (request(Upgrade=""), 426),

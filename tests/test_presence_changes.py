@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from liveclass.edge_node.batcher import merge_batches
@@ -104,24 +106,27 @@ def test_staff_receive_the_member_events_at_the_entry_number() -> None:
     assert Frame.model_validate_json(frame).events == staff.events
 
 
-def test_changes_are_encoded_as_the_entries_they_stand_for() -> None:
+@pytest.mark.parametrize("worker", [1, None])
+def test_changes_are_encoded_as_the_entries_they_stand_for(worker: int | None) -> None:
     # Staff get each change as its own entry would be encoded, malformed
     # items skipped, the writing process kept, names escaped alike.
+    data: dict[str, Any] = {
+        "changes": [
+            ["+", "ann", 'Ann "Zoë"', "ta"],
+            ["-", "bob", "", ""],
+            ["+", "cid"],
+            ["?", "dan"],
+            "malformed",
+        ],
+    }
+    if worker is not None:
+        data["worker"] = worker
     changes = LogEvent(
         seq=9,
         type=PRESENCE_CHANGES,
         edge_id="edge-a",
         audience=Audience.STAFF,
-        data={
-            "changes": [
-                ["+", "ann", 'Ann "Zoë"', "ta"],
-                ["-", "bob", "", ""],
-                ["+", "cid"],
-                ["?", "dan"],
-                "malformed",
-            ],
-            "worker": 1,
-        },
+        data=data,
     )
     for staff in (True, False):
         expected = [event_json(e, staff) for e in presence_events(changes)]
