@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import os
 import re
@@ -496,8 +497,31 @@ async def _raw_connect(host: str, port: int, rcvbuf: int | None) -> socket.socke
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     try:
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        await _connected(sock, (host, port))
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connected(sock: socket.socket, address: tuple[str, int]) -> None:
+    # loop.sock_connect would do, but uvloop's resolves even a numeric
+    # address on its thread pool, whose threads a generator that polls
+    # without sleeping (see bench.loadgen) starves until the next tick.
+    error = sock.connect_ex(address)
+    if error in (errno.EINPROGRESS, errno.EAGAIN):
+        loop = asyncio.get_running_loop()
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock.fileno(), ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock.fileno())
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, f"connect to {address}: {os.strerror(error)}")
