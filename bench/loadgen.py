@@ -168,7 +168,9 @@ class Generator:
         wall = time.monotonic() - t0
         out["wall_s"] = round(wall, 2)
         out["server_cpu_s"] = round(cpu_seconds(pids) - cpu0, 2)
-        out["generator_cpu_pct"] = round(100 * (own_cpu_seconds() - gen0) / wall, 1)
+        # A phase that polls without sleeping says how long it polled idle.
+        used = own_cpu_seconds() - gen0 - out.get("generator_idle_s", 0.0)
+        out["generator_cpu_pct"] = round(100 * used / wall, 1)
         self.result[name] = out
         _log(f"{name}: {out}")
 
@@ -215,6 +217,7 @@ class Generator:
             "generator_busy_pct": round(
                 100 * (own_cpu_seconds() - gen0 - polling.idle_s) / elapsed, 1
             ),
+            "generator_idle_s": round(polling.idle_s, 3),
         }
         self.clients = [c for c in outcomes if isinstance(c, Client)]
         failures = Counter(o for o in outcomes if isinstance(o, str))
