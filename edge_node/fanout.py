@@ -65,14 +65,15 @@ def entry_jsons(entry: LogEvent, staff: bool) -> list[str]:
     ``presence.changes`` entry, which is the ``member.joined`` and
     ``member.left`` events it holds, each with the entry's number."""
     if entry.type == PRESENCE_CHANGES:
-        return _presence_jsons(entry, staff)
+        return _presence_jsons(entry)
     return [event_json(entry, staff)]
 
 
-def _presence_jsons(entry: LogEvent, staff: bool) -> list[str]:
-    # What event_json makes of each of presence_events(entry): a join
-    # storm's entries hold hundreds of changes, encoded here without making
-    # an entry of each, and with their shared number and time encoded once.
+def _presence_jsons(entry: LogEvent) -> list[str]:
+    # What event_json makes of each of presence_events(entry), for staff
+    # and students alike (presence has no staff-only field): a join storm's
+    # entries hold hundreds of changes, encoded here without making an
+    # entry of each, and with their shared number and time encoded once.
     shared = f'"seq":{compact_json(entry.seq)},"ts":{compact_json(entry.ts)}'
     out = []
     for _, type_, data in presence_items(entry):
