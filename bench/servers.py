@@ -231,7 +231,9 @@ def edge_argv(
         f"--origin-url=http://127.0.0.1:{origin_port}",
         f"--edge-key={edge_key}",
         f"--data-dir={data_dir}",
-        f"--capacity={members + 100}",
+        # Twice over: with --workers each process takes a share, and the
+        # kernel's spread of connections over them is even only on average.
+        f"--capacity={2 * members + 100}",
         f"--class-limit={members + 100}",
         "--no-transcode",
     ]

@@ -25,7 +25,14 @@ def add_parser(commands: Any) -> None:
     flag(p, "--latitude", env + "LATITUDE", 0.0, "where this edge stands", float)
     flag(p, "--longitude", env + "LONGITUDE", 0.0, "where this edge stands", float)
     flag(p, "--region", env + "REGION", "", "a region label for reports")
-    flag(p, "--capacity", env + "CAPACITY", 20_000, "members this edge takes", int)
+    flag(
+        p,
+        "--capacity",
+        env + "CAPACITY",
+        20_000,
+        "members this edge takes (over all its workers)",
+        int,
+    )
     flag(p, "--class-limit", env + "CLASS_LIMIT", 50_000, "members per class", int)
     flag(p, "--redis-url", env + "REDIS_URL", None, "class log in Redis")
     flag(

@@ -20,9 +20,9 @@ class Metrics:
         self.provisional_chat = 0
         self.handshake_timeouts = 0
         self.members = 0
-        """Member connections in a class room, kept up by the rooms: a join
-        reads it to enforce the edge's capacity, so it is not a sum over
-        rooms, which an edge of many small classes would pay per join."""
+        """Member connections open, from the join to the socket's end (one
+        closed as too slow keeps its socket until it reads or times out):
+        kept by :class:`~liveclass.edge_node.node.EdgeNode`."""
         self.classes: Callable[[], int] = lambda: 0
         self.log_backlog: Callable[[], int] = lambda: 0
         self.log_held_classes: Callable[[], int] = lambda: 0

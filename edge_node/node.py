@@ -71,6 +71,9 @@ class Refusal:
     reason: str
 
 
+_EDGE_FULL = Refusal(CloseCode.EDGE_FULL, "edge is full; try the next candidate edge")
+
+
 class EdgeNode:
     """Class rooms and members of one edge.
 
@@ -98,6 +101,9 @@ class EdgeNode:
         self.member_left = asyncio.Event()
         """Set whenever a member leaves; a waiter clears it first."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Admitted members whose join waits (a room opening, a resume): they
+        # count against the capacity until they are in or refused.
+        self._joining = 0
         metrics.classes = lambda: len(self.rooms)
         metrics.log_backlog = lambda: batcher.backlog
         metrics.log_held_classes = lambda: batcher.held_classes
@@ -106,7 +112,12 @@ class EdgeNode:
 
     @property
     def connections(self) -> int:
-        """Member connections open on this edge."""
+        """Member connections open on this edge, from their join until their
+        socket closes (a member a room let go as too slow still holds one).
+
+        A count kept as members join and leave: every join reads it to
+        enforce the capacity, and a sum over rooms would cost an edge of
+        many small classes a pass over them per join."""
         return self.metrics.members
 
     def members_per_class(self) -> dict[str, int]:
@@ -200,13 +211,14 @@ class EdgeNode:
                 )
         if self.draining:
             return Refusal(CloseCode.DRAINING, DRAINING_REASON)
-        if self.connections >= self.config.capacity:
-            return Refusal(
-                CloseCode.EDGE_FULL, "edge is full; try the next candidate edge"
-            )
+        if self._full():
+            return _EDGE_FULL
         member = Member(user_id=claims.sub, name=claims.name, role=claims.role)
         limit = min(self.config.class_limit, claims.max or self.config.class_limit)
         return Admission(member, claims.cls, last_seq, limit)
+
+    def _full(self) -> bool:
+        return self.connections + self._joining >= self.config.capacity
 
     def room(self, class_id: str) -> ClassRoom:
         """The class room of ``class_id``, opened (and its reader started) if new."""
@@ -241,7 +253,11 @@ class EdgeNode:
             return Refusal(CloseCode.DRAINING, DRAINING_REASON)
         if self.batcher.full(admission.class_id):
             return Refusal(CloseCode.TRY_AGAIN_LATER, HELD_FULL_REASON)
+        # Checked again: others admitted meanwhile may have filled the edge.
+        if self._full():
+            return _EDGE_FULL
         room = self.room(admission.class_id)
+        self._joining += 1
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 refusal = await room.join(
@@ -251,8 +267,11 @@ class EdgeNode:
             return Refusal(
                 CloseCode.TRY_AGAIN_LATER, "class log unreachable; try again later"
             )
+        finally:
+            self._joining -= 1
         if refusal is not None:
             return Refusal(*refusal)
+        self.metrics.members += 1
         self.batcher.add_now(
             admission.class_id, [self._presence_entry("member.joined", sink.member)]
         )
@@ -275,6 +294,7 @@ class EdgeNode:
         refusal = room.join_now(sink, admission.class_limit)
         if refusal is not None:
             return Refusal(*refusal)
+        self.metrics.members += 1
         self.batcher.add_now(
             admission.class_id, [self._presence_entry("member.joined", sink.member)]
         )
@@ -308,6 +328,7 @@ class EdgeNode:
         so that presence counts every connection out that it counted in.
         """
         room.detach(sink)
+        self.metrics.members -= 1
         self.batcher.add_now(
             room.class_id, [self._presence_entry("member.left", sink.member)]
         )

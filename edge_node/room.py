@@ -727,7 +727,6 @@ class ClassRoom:
     def _attach(self, sink: Sink, frames: list[str]) -> None:
         self.sinks.setdefault(sink.member.user_id, []).append(sink)
         self.connections += 1
-        self._metrics.members += 1
         # Its first frames end at the current position; batches not yet
         # delivered up to there are already in them.
         self.sweeper.add(sink)
@@ -853,5 +852,4 @@ class ClassRoom:
             del self.sinks[sink.member.user_id]
             self.validator.forget(sink.member.user_id)
         self.connections -= 1
-        self._metrics.members -= 1
         return True

@@ -35,11 +35,14 @@ _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def _b64(segment: str) -> bytes:
-    # base64url without padding (RFC 7515 section 2), decoded as
-    # base64.urlsafe_b64decode does, without its layers of checks.
+    # base64url without padding (RFC 7515 section 2) and nothing else: the
+    # standard alphabet, padding or stray characters would let one token be
+    # written several ways, and PyJWT refuses them.
+    if "=" in segment or "+" in segment or "/" in segment:
+        raise TokenError("malformed token: bad base64")
     try:
         data = segment.encode("ascii").translate(_URLSAFE)
-        return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
+        return binascii.a2b_base64(data + b"=" * (-len(data) % 4), strict_mode=True)
     except ValueError:  # binascii.Error and UnicodeEncodeError among them
         raise TokenError("malformed token: bad base64") from None
 
@@ -89,7 +92,7 @@ def _signature_holds(key: rsa.RSAPublicKey, signature: bytes, signed: bytes) -> 
 def _number(claims: dict[str, Any], name: str) -> int:
     try:
         return int(claims[name])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: infinity
         raise TokenError(f"invalid token: {name} must be an integer") from None
 
 
@@ -143,6 +146,10 @@ class LeanTokenVerifier(TokenVerifier):
             raise UnknownKey(f"token signed with unknown key {kid!r}")
         if header.get("alg") != TOKEN_ALGORITHM:
             raise TokenError("invalid token: the algorithm is not allowed")
+        if "crit" in header or "b64" in header:
+            # Extensions the token would have us understand (RFC 7515
+            # section 4.1.11, RFC 7797): none is, so none is accepted.
+            raise TokenError("invalid token: unsupported critical header")
         assert isinstance(key, rsa.RSAPublicKey)
         if len(self._signers) >= MAX_HEADERS:
             self._signers.clear()

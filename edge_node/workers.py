@@ -108,6 +108,18 @@ def check_workers(config: EdgeConfig, workers: int) -> None:
         )
 
 
+def worker_config(config: EdgeConfig, workers: int) -> EdgeConfig:
+    """The configuration of each of ``workers`` processes serving ``config``.
+
+    The parent registers the edge; each worker takes its share of the
+    edge's capacity (rounded up). The kernel spreads connections over the
+    processes that share the port evenly on average only: a worker that is
+    full refuses (``EDGE_FULL``) while another may have room left.
+    """
+    share = -(-config.capacity // workers)
+    return replace(config, register=False, workers=workers, capacity=share)
+
+
 def run_workers(config: EdgeConfig, workers: int, loop: str = "auto") -> int:
     """Serve ``config`` with ``workers`` processes until SIGINT or SIGTERM.
 
@@ -117,11 +129,16 @@ def run_workers(config: EdgeConfig, workers: int, loop: str = "auto") -> int:
     check_workers(config, workers)
     ctx = multiprocessing.get_context("spawn")
     reports: multiprocessing.Queue[Report | None] = ctx.Queue()
-    worker_config = replace(config, register=False, workers=workers)
     procs = [
         ctx.Process(
             target=_worker,
-            args=(worker_config, k, reports, loop, logging.getLogger().level),
+            args=(
+                worker_config(config, workers),
+                k,
+                reports,
+                loop,
+                logging.getLogger().level,
+            ),
             name=f"edge-worker-{k}",
         )
         for k in range(workers)

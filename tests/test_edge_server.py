@@ -609,6 +609,27 @@ async def test_edge_capacity_counts_members_of_every_class(
     assert not bob.ws.closed and not cid.ws.closed
 
 
+async def test_members_joining_at_once_do_not_overrun_the_capacity(
+    start_edge: Any, connect: Connect, keyring: KeyRing
+) -> None:
+    # Their class has no room yet, so every join waits for it to open: all
+    # are admitted before any is in, and the capacity must still hold.
+    edge = await start_edge(MemoryClassLog(), capacity=3)
+
+    async def outcome(user: str) -> tuple[str, Client]:
+        token = keyring.mint("class-new", user, user.title(), Role.STUDENT)
+        client = await connect(edge, user, token=token, welcome=False)
+        first = await client.ws.receive(timeout=5)
+        if first.type == aiohttp.WSMsgType.TEXT:
+            return "welcome", client
+        return f"closed {client.ws.close_code}", client
+
+    outcomes = await asyncio.gather(*(outcome(f"u{i}") for i in range(8)))
+    got = sorted(o for o, _ in outcomes)
+    assert got == ["closed 4007"] * 5 + ["welcome"] * 3
+    assert edge.node.connections == 3
+
+
 async def test_http_endpoints(
     start_edge: Any, http: aiohttp.ClientSession, origin: Origin
 ) -> None:

@@ -74,6 +74,16 @@ def flip_last_bit(sig: bytes) -> bytes:
     return sig[:-1] + bytes([sig[-1] ^ 1])
 
 
+def standard_alphabet(token: str) -> str:
+    # The same signature bytes, written with "+" and "/" (a signature that
+    # has neither is signed again until it has).
+    while True:
+        data, _, sig = token.rpartition(".")
+        if "-" in sig or "_" in sig:
+            return f"{data}.{sig.replace('-', '+').replace('_', '/')}"
+        token = good()
+
+
 def other_body(token: str) -> str:
     # A good token's signature over another good token's header and body.
     head, _, sig = token.split(".")
@@ -115,6 +125,13 @@ CASES: dict[str, Callable[[], str]] = {
     "two segments": lambda: ".".join(good().split(".")[:2]),
     "four segments": lambda: good() + ".x",
     "bad base64 signature": lambda: good()[:-4] + "!!!!",
+    "signature in the standard alphabet": lambda: standard_alphabet(good()),
+    "signature padded": lambda: with_signature(good(), lambda s: s) + "=",
+    "signature with data after its padding": lambda: good() + "==AA",
+    "exp infinite": lambda: signed(claims={"exp": float("inf")}),
+    "iat infinite": lambda: signed(claims={"iat": float("-inf")}),
+    "a critical header": lambda: signed(header={"crit": ["exp"]}),
+    "an unencoded payload": lambda: signed(header={"b64": False}),
     "header not JSON": lambda: b64(b"{nope") + "." + good().split(".", 1)[1],
     "empty": lambda: "",
 }

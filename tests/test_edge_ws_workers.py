@@ -16,6 +16,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from conftest import free_port
 
+from liveclass.edge_node.config import EdgeConfig
+from liveclass.edge_node.workers import worker_config
 from liveclass.origin.tokens import KeyRing
 from liveclass.sdk.protocol import CloseCode, Frame, Role
 
@@ -73,6 +75,13 @@ def test_more_workers_need_redis(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--redis-url" in done.stderr
+
+
+@pytest.mark.parametrize(("capacity", "share"), [(10, 5), (11, 6), (1, 1)])
+def test_each_worker_takes_its_share_of_the_capacity(capacity: int, share: int) -> None:
+    config = EdgeConfig(capacity=capacity, log_url="redis://127.0.0.1:6379/0")
+    each = worker_config(config, 2)
+    assert (each.capacity, each.workers, each.register) == (share, 2, False)
 
 
 async def test_two_workers_serve_one_edge(
