@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from liveclass.edge_node.allocator import tune_malloc
 from liveclass.edge_node.config import EdgeConfig
 from liveclass.edge_node.origin_link import OriginLink
 from liveclass.origin.contract import EdgeHeartbeat
@@ -77,9 +78,11 @@ def run_loop(main: Coroutine[Any, Any, Any], loop: str = "auto") -> Any:
     """Run ``main`` on uvloop when installed (``auto``), or as asked.
 
     Raises ValueError when ``loop`` is ``uvloop`` and it is not installed.
-    The garbage collector is tuned for a server first (:func:`tune_gc`).
+    The garbage collector and the C allocator are tuned for a server first
+    (:func:`tune_gc`, :func:`~liveclass.edge_node.allocator.tune_malloc`).
     """
     tune_gc()
+    tune_malloc()
     factory = None
     if loop in ("auto", "uvloop"):
         try:
