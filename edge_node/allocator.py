@@ -14,9 +14,8 @@ memory in the process for the next wave.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
-import platform
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +37,13 @@ _M_MMAP_THRESHOLD = -3
 def tune_malloc() -> bool:
     """Set :data:`TRIM_THRESHOLD` and :data:`MMAP_THRESHOLD` in this process;
     whether they took (False on a C library other than glibc)."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return False
+        # The process's own symbols include the C library's, so no search
+        # for its file (find_library may start a compiler or ldconfig).
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

@@ -132,16 +132,11 @@ def run_workers(config: EdgeConfig, workers: int, loop: str = "auto") -> int:
     check_workers(config, workers)
     ctx = multiprocessing.get_context("spawn")
     reports: multiprocessing.Queue[Report | None] = ctx.Queue()
+    each = worker_config(config, workers)
     procs = [
         ctx.Process(
             target=_worker,
-            args=(
-                worker_config(config, workers),
-                k,
-                reports,
-                loop,
-                logging.getLogger().level,
-            ),
+            args=(each, k, reports, loop, logging.getLogger().level),
             name=f"edge-worker-{k}",
         )
         for k in range(workers)
